@@ -1,0 +1,1 @@
+"""Hardware drivers: GNSS receiver (serial NMEA) and GPIO inputs and outputs."""

@@ -1,0 +1,217 @@
+"""The GNSS reader: a serial port in, Fixes and state changes out.
+
+Runs one daemon thread of its own ("gnss-reader"). It opens the port with
+pyserial (a real tty, a pty, or any pyserial URL), feeds the bytes to an
+:class:`NmeaDecoder`, and hands each Fix to ``on_fix`` and each change of
+receiver state to ``on_state``. Both callbacks must return at once (the agent
+puts an event on its queue); an exception in one is logged, never fatal.
+
+The device may vanish at any moment (a USB receiver knocked out by a knee):
+the reader reports it, closes the port and reopens it with exponential
+backoff, for as long as it runs. Nothing the receiver sends can stop it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import threading
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any, Protocol
+
+import serial
+
+from agent.config import GnssConfig
+from drivers.gnss.decoder import NmeaDecoder
+from drivers.gnss.fix import Fix
+
+log = logging.getLogger(__name__)
+
+_IDLE_WAIT_S = 0.25  # how often the thread looks at its clock when the line is silent
+
+
+class GnssState(StrEnum):
+    OPENING = "opening"
+    DEVICE_MISSING = "device_missing"  # cannot open: absent, unplugged, no permission
+    NO_DATA = "no_data"  # open, but silent
+    NO_NMEA = "no_nmea"  # bytes, but no valid sentence: usually the wrong baud rate
+    NO_FIX = "no_fix"  # sentences, but the receiver has no position
+    FIX = "fix"
+
+
+class SerialPort(Protocol):
+    in_waiting: int
+
+    def read(self, size: int = 1) -> bytes: ...
+    def close(self) -> None: ...
+    def fileno(self) -> int: ...
+
+
+SerialFactory = Callable[..., Any]
+
+
+def open_serial(port: str, baudrate: int) -> Any:
+    """The real thing: pyserial, non-blocking, exclusive (one reader per port)."""
+    return serial.serial_for_url(port, baudrate=baudrate, timeout=0, exclusive=True)
+
+
+class GnssReader:
+    """Owns the serial port and its thread."""
+
+    def __init__(
+        self,
+        cfg: GnssConfig,
+        *,
+        on_fix: Callable[[Fix], None],
+        on_state: Callable[[GnssState, str], None] | None = None,
+        serial_factory: SerialFactory = open_serial,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cfg = cfg
+        self._on_fix = on_fix
+        self._on_state = on_state
+        self._open = serial_factory
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.decoder = NmeaDecoder(default_day=cfg.default_date)
+        self.state = GnssState.OPENING
+        self.state_detail = ""
+        self.opens = 0
+        self.disconnects = 0
+        self.last_fix: Fix | None = None
+        self.last_fix_at: float | None = None  # monotonic
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="gnss-reader", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def counters(self) -> dict[str, int]:
+        counts = self.decoder.counters.as_dict()
+        counts.update(opens=self.opens, disconnects=self.disconnects)
+        return counts
+
+    # --- the thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = self._cfg.reopen_initial_s
+        while not self._stop.is_set():
+            try:
+                port = self._open(self._cfg.port, self._cfg.baudrate)
+            except (serial.SerialException, OSError, ValueError) as exc:
+                self._set_state(GnssState.DEVICE_MISSING, f"cannot open {self._cfg.port}: {_reason(exc)}")
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._cfg.reopen_max_s)
+                continue
+            self.opens += 1
+            delay = self._cfg.reopen_initial_s
+            log.info("GNSS device %s open at %d baud", self._cfg.port, self._cfg.baudrate)
+            try:
+                self._read(port)
+            except (serial.SerialException, OSError) as exc:
+                self.disconnects += 1
+                self._set_state(GnssState.DEVICE_MISSING, f"{self._cfg.port} lost: {_reason(exc)}")
+            except Exception:  # a bug must not end GNSS for the rest of the shift
+                log.exception("GNSS reader failed; reopening")
+            finally:
+                _close_quietly(port)
+            self._deliver(self.decoder.flush())
+            self._stop.wait(delay)
+
+    def _read(self, port: Any) -> None:
+        self._set_state(GnssState.NO_DATA, "port open, waiting for data", level=logging.INFO)
+        now = self._clock()
+        last_bytes = last_sentence = opened = now
+        quiet_s = self._cfg.quiet_flush_ms / 1000
+        fileno = _fileno(port)
+        while not self._stop.is_set():
+            wait = quiet_s if self.decoder.epoch_pending else _IDLE_WAIT_S
+            data = _read_available(port, fileno, wait)
+            now = self._clock()
+            if data:
+                last_bytes = now
+                before = self.decoder.counters.sentences
+                self._deliver(self.decoder.feed(data))
+                if self.decoder.counters.sentences != before:
+                    last_sentence = now
+            elif self.decoder.epoch_pending:
+                self._deliver(self.decoder.flush())  # the line went quiet: the epoch is complete
+            self._check_silence(now, max(last_bytes, opened), max(last_sentence, opened))
+
+    def _check_silence(self, now: float, last_bytes: float, last_sentence: float) -> None:
+        if now - last_bytes > self._cfg.no_data_after_s:
+            self._set_state(GnssState.NO_DATA, f"no data from {self._cfg.port} for {now - last_bytes:.0f} s")
+        elif now - last_sentence > self._cfg.no_nmea_after_s:
+            self._set_state(
+                GnssState.NO_NMEA,
+                f"bytes but no valid NMEA for {now - last_sentence:.0f} s "
+                f"(wrong baud rate? configured {self._cfg.baudrate})",
+            )
+
+    def _deliver(self, fixes: list[Fix]) -> None:
+        for fix in fixes:
+            if fix.has_position:
+                self.last_fix, self.last_fix_at = fix, self._clock()
+                self._set_state(GnssState.FIX, f"{fix.mode}D fix")
+            else:
+                self._set_state(GnssState.NO_FIX, "receiver reports no fix")
+            try:
+                self._on_fix(fix)
+            except Exception:
+                log.exception("on_fix callback failed")
+
+    def _set_state(self, state: GnssState, detail: str, *, level: int | None = None) -> None:
+        if state is self.state and (state is GnssState.FIX or detail == self.state_detail):
+            return
+        changed = state is not self.state
+        self.state, self.state_detail = state, detail
+        if changed:
+            if level is None:
+                level = logging.INFO if state in (GnssState.FIX, GnssState.NO_FIX) else logging.WARNING
+            log.log(level, "GNSS %s: %s", state.value, detail)
+            if self._on_state is not None:
+                try:
+                    self._on_state(state, detail)
+                except Exception:
+                    log.exception("on_state callback failed")
+
+
+def _fileno(port: Any) -> int | None:
+    try:
+        return int(port.fileno())
+    except (AttributeError, OSError, ValueError, serial.SerialException):
+        return None  # e.g. pyserial's loop:// has no descriptor
+
+
+def _read_available(port: Any, fileno: int | None, wait: float) -> bytes:
+    """Wait up to ``wait`` seconds for bytes; return all that are there."""
+    if fileno is None:
+        port.timeout = wait
+        data: bytes = port.read(4096)
+        return data
+    ready, _, _ = select.select([fileno], [], [], wait)
+    if not ready:
+        return b""
+    waiting = port.in_waiting
+    data = port.read(waiting or 1)  # raises SerialException when the device is gone
+    return data
+
+
+def _close_quietly(port: Any) -> None:
+    with contextlib.suppress(Exception):  # a vanished device may fail to close; nothing to do
+        port.close()
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return text.split("\n")[0][:160]

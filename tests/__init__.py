@@ -1,0 +1,1 @@
+"""patrol-agent test suite."""

@@ -1,0 +1,1 @@
+"""Test support code: fakes and harnesses (first-class test code, never shipped)."""

@@ -1,0 +1,149 @@
+"""The GNSS reader on a real pty: fixes flow, the device vanishes and returns, noise never stops it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.config import GnssConfig
+from drivers.gnss import Fix
+from drivers.gnss.reader import GnssReader, GnssState
+from tests.support.nmea import epoch
+from tests.support.pty_gnss import PtyGnss
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.fixes: list[Fix] = []
+        self.states: list[GnssState] = []
+        self.cond = threading.Condition()
+
+    def on_fix(self, fix: Fix) -> None:
+        with self.cond:
+            self.fixes.append(fix)
+            self.cond.notify_all()
+
+    def on_state(self, state: GnssState, _detail: str) -> None:
+        with self.cond:
+            self.states.append(state)
+            self.cond.notify_all()
+
+    def wait(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        with self.cond:
+            assert self.cond.wait_for(predicate, timeout), f"timed out; states {self.states}, {len(self.fixes)} fixes"
+
+
+@pytest.fixture
+def reading(gnss_pty: PtyGnss) -> Iterator[tuple[GnssReader, Recorder]]:
+    cfg = GnssConfig(port=str(gnss_pty.path), no_data_after_s=0.5, no_nmea_after_s=0.8,
+                     reopen_initial_s=0.05, reopen_max_s=0.2)
+    recorder = Recorder()
+    reader = GnssReader(cfg, on_fix=recorder.on_fix, on_state=recorder.on_state)
+    reader.start()
+    recorder.wait(lambda: reader.opens >= 1)  # pyserial flushes the input on open: write after it
+    yield reader, recorder
+    reader.stop()
+
+
+def state_of(reader: GnssReader) -> GnssState:
+    return reader.state
+
+
+def _seconds(i: int) -> str:
+    return f"1200{i:02d}.00"
+
+
+def test_fixes_flow_from_the_pty_and_each_epoch_is_emitted_once(
+        gnss_pty: PtyGnss, reading: tuple[GnssReader, Recorder]) -> None:
+    reader, rec = reading
+    for i in range(5):
+        gnss_pty.write(epoch(_seconds(i)))
+        time.sleep(0.1)
+    rec.wait(lambda: len(rec.fixes) >= 5)
+    assert [f.time_iso for f in rec.fixes][:5] == [f"2026-03-25T12:00:{i:02d}.000Z" for i in range(5)]
+    assert all(f.mode == 3 and f.lat == pytest.approx(48.1173) for f in rec.fixes)
+    assert reader.state is GnssState.FIX
+    assert reader.counters()["sentences"] == 15
+
+
+def test_quiet_line_ends_the_epoch_without_waiting_for_the_next(
+        gnss_pty: PtyGnss, reading: tuple[GnssReader, Recorder]) -> None:
+    _, rec = reading
+    started = time.monotonic()
+    gnss_pty.write(epoch(_seconds(0)))
+    rec.wait(lambda: len(rec.fixes) == 1, timeout=2)
+    assert time.monotonic() - started < 1.0  # not a second later, when the next epoch would come
+
+
+def test_unplug_and_replug_resumes_fixes(gnss_pty: PtyGnss, reading: tuple[GnssReader, Recorder]) -> None:
+    reader, rec = reading
+    gnss_pty.write(epoch(_seconds(0)))
+    rec.wait(lambda: len(rec.fixes) == 1)
+    gnss_pty.unplug()
+    rec.wait(lambda: GnssState.DEVICE_MISSING in rec.states)
+    time.sleep(0.5)  # several reopen attempts against a missing device
+    assert state_of(reader) is GnssState.DEVICE_MISSING
+    gnss_pty.plug()
+    deadline = time.monotonic() + 5
+    i = 1
+    while len(rec.fixes) < 3 and time.monotonic() < deadline:
+        gnss_pty.write(epoch(_seconds(i)))
+        i += 1
+        time.sleep(0.1)
+    assert len(rec.fixes) >= 3, "fixes did not resume after replug"
+    assert state_of(reader) is GnssState.FIX
+    assert reader.counters()["disconnects"] == 1 and reader.counters()["opens"] == 2
+
+
+def test_wrong_baud_rate_is_reported_as_no_nmea(gnss_pty: PtyGnss, reading: tuple[GnssReader, Recorder]) -> None:
+    reader, rec = reading
+    noise = (Path(__file__).parent / "fixtures" / "nmea" / "wrong_baud.bin").read_bytes()
+    deadline = time.monotonic() + 3
+    while GnssState.NO_NMEA not in rec.states and time.monotonic() < deadline:
+        gnss_pty.write(noise[:200])
+        time.sleep(0.05)
+    assert reader.state is GnssState.NO_NMEA
+    assert "baud" in reader.state_detail
+    assert rec.fixes == []
+
+
+def test_silent_device_is_reported_as_no_data(reading: tuple[GnssReader, Recorder]) -> None:
+    reader, rec = reading
+    rec.wait(lambda: reader.state is GnssState.NO_DATA and "no data" in reader.state_detail, timeout=3)
+
+
+def test_garbage_between_epochs_never_stops_the_reader(
+        gnss_pty: PtyGnss, reading: tuple[GnssReader, Recorder]) -> None:
+    reader, rec = reading
+    for i in range(4):
+        gnss_pty.write(b"\x00\xff\xfe$GPGGA,12" + bytes(range(256)) + b"\r\n")
+        gnss_pty.write(epoch(_seconds(i)))
+        time.sleep(0.1)
+    rec.wait(lambda: len(rec.fixes) >= 4)
+    assert all(f.has_position for f in rec.fixes)
+    assert reader.counters()["garbage_bytes"] > 4 * 256
+
+
+def test_missing_device_at_start_is_retried_until_it_appears(tmp_path: Path) -> None:
+    path = tmp_path / "late-gnss"
+    cfg = GnssConfig(port=str(path), reopen_initial_s=0.05, reopen_max_s=0.1)
+    rec = Recorder()
+    reader = GnssReader(cfg, on_fix=rec.on_fix, on_state=rec.on_state)
+    reader.start()
+    try:
+        rec.wait(lambda: GnssState.DEVICE_MISSING in rec.states)
+        device = PtyGnss(path)
+        try:
+            deadline = time.monotonic() + 5
+            while not rec.fixes and time.monotonic() < deadline:
+                device.write(epoch(_seconds(0)))
+                time.sleep(0.1)
+            assert rec.fixes and rec.fixes[0].has_position
+        finally:
+            device.close()
+    finally:
+        reader.stop()
