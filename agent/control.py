@@ -1,0 +1,158 @@
+"""The local control socket: how the CLI talks to the running daemon.
+
+A UNIX stream socket in the runtime directory, mode 0600 (owner only); no
+network port. The server thread ("control") accepts connections; one short
+thread per connection reads a single JSON request line and puts a
+:class:`ControlRequest` on the core's queue. The core answers with
+:meth:`ControlRequest.send` (one JSON line each; a request may get several,
+e.g. the stages of a test alarm) and :meth:`ControlRequest.finish`. The
+core never blocks on a slow client: lines go through a per-connection queue.
+
+Client side: :func:`request` sends one command and yields the replies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 64 * 1024
+SOCKET_NAME = "control.sock"
+_END = object()
+
+
+@dataclass
+class ControlRequest:
+    cmd: str
+    args: dict[str, Any]
+    _out: queue.Queue[object] = field(default_factory=queue.Queue, repr=False)
+
+    def send(self, reply: dict[str, Any]) -> None:
+        self._out.put(reply)
+
+    def finish(self, reply: dict[str, Any] | None = None) -> None:
+        if reply is not None:
+            self._out.put(reply)
+        self._out.put(_END)
+
+
+class ControlServer:
+    def __init__(self, runtime_dir: Path, events: queue.Queue[Any], *, max_wait_s: float = 300.0) -> None:
+        self.path = runtime_dir / SOCKET_NAME
+        self._events = events
+        self._max_wait_s = max_wait_s
+        self._sock: socket.socket | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(self.path))
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        sock.listen(8)
+        sock.settimeout(0.5)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2)
+        if self._sock is not None:
+            self._sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def _serve(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    return
+                continue
+            threading.Thread(target=self._handle, args=(conn,), name="control-conn", daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5.0)
+            try:
+                request = self._read_request(conn)
+            except (OSError, ValueError) as exc:
+                _send(conn, {"ok": False, "error": f"bad request: {exc}"})
+                return
+            self._events.put(request)
+            while True:
+                try:
+                    item = request._out.get(timeout=self._max_wait_s)
+                except queue.Empty:
+                    _send(conn, {"ok": False, "error": "the daemon did not answer in time"})
+                    return
+                if item is _END:
+                    return
+                if not _send(conn, item):  # type: ignore[arg-type]
+                    return
+
+    @staticmethod
+    def _read_request(conn: socket.socket) -> ControlRequest:
+        data = b""
+        while b"\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > MAX_REQUEST:
+                raise ValueError("request too large")
+        parsed = json.loads(data.split(b"\n", 1)[0] or b"{}")
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("cmd"), str):
+            raise ValueError('expected {"cmd": "...", ...}')
+        cmd = parsed.pop("cmd")
+        return ControlRequest(cmd, parsed)
+
+
+def _send(conn: socket.socket, reply: dict[str, Any]) -> bool:
+    try:
+        conn.sendall(json.dumps(reply).encode() + b"\n")
+    except OSError:
+        return False
+    return True
+
+
+def request(runtime_dir: Path, cmd: str, *, timeout: float = 10.0, **args: Any) -> Iterator[dict[str, Any]]:
+    """Send ``cmd`` to the daemon; yield each reply line until it closes."""
+    path = runtime_dir / SOCKET_NAME
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        buffer = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                yield json.loads(line)

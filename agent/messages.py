@@ -1,0 +1,183 @@
+"""Messages: everything the vehicle sends, and what it accepts from dispatch.
+
+Pydantic models, the single source of the interface: ``docs/mqtt-api.md``,
+``docs/asyncapi.yaml`` and ``docs/schemas/*.json`` are generated from them
+(``make api-docs``). Built by the core thread; serialised once, when they
+enter the outbox.
+
+Every message the vehicle sends carries the envelope: schema version,
+vehicle id, a per-vehicle sequence number (unique and increasing across
+restarts and power cuts, not contiguous), a unique message id, the time it
+describes and where that time came from, and ``historical`` (set when it is
+published: true for telemetry that waited in the backlog while the link was
+down). Dispatch drops duplicates by (vehicle_id, seq): delivery is
+at-least-once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+SCHEMA_VERSION = 1
+
+
+def _iso_ms(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+UtcTime = Annotated[datetime, PlainSerializer(_iso_ms, return_type=str, when_used="json")]
+
+
+class TimeSource(StrEnum):
+    GNSS = "gnss"  # the receiver's UTC, carried forward on the monotonic clock
+    SYSTEM_SYNCED = "system_synced"  # the system clock, synchronised (NTP)
+    SYSTEM_UNSYNCED = "system_unsynced"  # the system clock, not known to be right (no RTC on a Pi)
+
+
+class Priority:
+    """Outbox order: lower goes first. Alerts jump every queue."""
+
+    ALERT = 0
+    REPLY = 1
+    EVENT = 2
+    POSITION = 3
+    HEALTH = 4
+
+
+class Message(BaseModel):
+    """The envelope every vehicle message carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    kind: str
+    vehicle_id: str
+    seq: int = Field(ge=1, description="per-vehicle, unique and increasing; never reused")
+    msg_id: str = Field(description="unique message id (UUID)")
+    time: UtcTime = Field(description="the moment the message describes, UTC")
+    time_source: TimeSource
+    historical: bool = Field(
+        default=False, description="set on publishing: waited in the backlog while the link was down"
+    )
+
+
+class PositionSource(StrEnum):
+    LIVE = "live"  # a fix of the current epoch
+    LAST_KNOWN = "last_known"  # the last fix, ``age_s`` old
+    NONE = "none"  # no fix since start
+
+
+class Position(BaseModel):
+    """A GNSS position in decimal degrees (WGS84). Never 0,0 for "unknown": absent instead."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    alt_msl: float | None = None
+    speed_mps: float | None = None
+    course_deg: float | None = None
+    mode: Literal[2, 3]
+    sats_used: int | None = None
+    hdop: float | None = None
+    quality: int | None = None
+    fix_time: UtcTime | None = Field(default=None, description="GNSS time of the fix")
+
+
+class PositionReport(Message):
+    """``<prefix>/<vehicle>/position``: where the vehicle is (or that it does not know)."""
+
+    kind: Literal["position"] = "position"
+    reason: Literal[
+        "interval", "distance", "heading", "speed", "fix_lost", "fix_regained",
+        "ignition_on", "ignition_off", "emergency", "requested", "start",
+    ]
+    fix: Position | None = Field(description="null when the receiver has no fix (mode 1)")
+    gnss_mode: Literal[1, 2, 3]
+    alert_id: str | None = Field(default=None, description="set while an emergency is open")
+
+
+class BestPosition(BaseModel):
+    """The best position known when an alert is raised, and how good it is."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: PositionSource
+    age_s: float | None = Field(default=None, description="seconds since the fix (null with source none)")
+    fix: Position | None = None
+
+
+class AlertState(StrEnum):
+    RAISED = "raised"
+    DELIVERED = "delivered"
+    ACKNOWLEDGED = "acknowledged"
+    CLEARED = "cleared"
+    CANCELLED = "cancelled"
+
+
+class Alert(Message):
+    """``<prefix>/<vehicle>/alert``: a panic alarm, re-published with its id until acknowledged."""
+
+    kind: Literal["alert"] = "alert"
+    alert_id: str
+    state: AlertState
+    trigger: str = Field(description="the input that raised it (button name), or 'test' / 'remote'")
+    raised_at: UtcTime
+    test: bool = Field(default=False, description="an installer's test alarm: no response needed")
+    covert: bool = Field(default=False, description="the unit shows nothing locally (hostage/hijack)")
+    position: BestPosition
+    attempt: int = Field(default=1, ge=1, description="publication count for this alert id")
+    note: str | None = None
+
+
+class Status(Message):
+    """``<prefix>/<vehicle>/status`` (retained; also the MQTT last will)."""
+
+    kind: Literal["status"] = "status"
+    state: Literal["online", "offline"]
+    agent_version: str
+    unit: str
+    directorate: str
+    reason: str | None = Field(default=None, description="offline: 'shutdown' or 'connection lost' (the will)")
+
+
+class InputEvent(Message):
+    """``<prefix>/<vehicle>/event``: an input changed, or a fault was raised or cleared."""
+
+    kind: Literal["event"] = "event"
+    event: Literal["input", "fault", "fault_cleared", "command_rejected"]
+    name: str = Field(description="input name (ignition, door...) or fault code (outbox_corrupt...)")
+    active: bool | None = None
+    detail: str | None = None
+
+
+class Health(Message):
+    """``<prefix>/<vehicle>/health``: the unit's own state, periodically."""
+
+    kind: Literal["health"] = "health"
+    uptime_s: float
+    agent_version: str
+    outbox: dict[str, float | int | None]
+    gnss: dict[str, float | int | str | None]
+    link: dict[str, float | int | str | None]
+    system: dict[str, float | int | str | bool | None] = {}
+    inputs: dict[str, bool] = {}
+    faults: list[str] = []
+    lab_mode: bool = False
+
+
+class CommandReply(Message):
+    """``<prefix>/<vehicle>/reply``: the outcome of a command from dispatch."""
+
+    kind: Literal["reply"] = "reply"
+    command_id: str | None
+    verb: str | None
+    ok: bool
+    detail: str | None = None
+
+
+VEHICLE_MESSAGES: tuple[type[Message], ...] = (PositionReport, Alert, Status, InputEvent, Health, CommandReply)
