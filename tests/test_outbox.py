@@ -21,7 +21,7 @@ class FakeTime:
 
 
 def make(tmp_path: Path, clock: FakeTime | None = None, **cfg: int | float) -> Outbox:
-    box = Outbox(tmp_path / "outbox.sqlite", OutboxConfig(**cfg), clock=clock or FakeTime())  # type: ignore[arg-type]
+    box = Outbox(tmp_path / "outbox.sqlite", OutboxConfig(**cfg), clock=clock or FakeTime())
     box.open()
     return box
 
