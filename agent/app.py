@@ -23,8 +23,10 @@ from agent.control import ControlServer
 from agent.core import Core
 from agent.errors import ConfigError
 from agent.outbox import Outbox
+from agent.panic import Panic
 from agent.uplink import Uplink
 from drivers.gnss.reader import GnssReader
+from drivers.gpio import Feedback, InputPin
 
 log = logging.getLogger("agent")
 
@@ -38,6 +40,25 @@ def main(config_path: Path) -> int:
         return 2
     logs.setup(cfg.log_level)
     return run(cfg)
+
+
+def open_gpio(cfg: AgentConfig, events: queue.Queue[Any], core: Core) -> tuple[dict[str, InputPin], Feedback, Any]:
+    """Inputs and outputs; mock pins in simulation. No GPIO is a fault, not a crash."""
+    factory: Any = None
+    if cfg.simulation:
+        from gpiozero.pins.mock import MockFactory
+
+        factory = MockFactory()
+    pins: dict[str, InputPin] = {}
+    try:
+        for item in (*cfg.inputs.panic_buttons, *cfg.inputs.digital):
+            pins[item.name] = InputPin(item, on_edge=events.put, pin_factory=factory)
+        feedback = Feedback(cfg.outputs, pin_factory=factory)
+    except Exception as exc:  # gpiozero raises many kinds: no chip, pin in use, no permission
+        log.error("GPIO unavailable: %s", exc)
+        core.faults["gpio_unavailable"] = str(exc)[:200]
+        feedback = Feedback(cfg.outputs.model_copy(update={"led": None, "buzzer": None}))
+    return pins, feedback, factory
 
 
 def run(cfg: AgentConfig) -> int:
@@ -63,6 +84,8 @@ def run(cfg: AgentConfig) -> int:
         events=events,
     )
     core.uplink = uplink
+    pins, feedback, factory = open_gpio(cfg, events, core)
+    Panic(core, cfg, feedback=feedback, pins=pins, pin_factory=factory)
     control = ControlServer(cfg.runtime_dir, events)
     uplink.start()
     control.start()
@@ -72,6 +95,9 @@ def run(cfg: AgentConfig) -> int:
         core.run()
     finally:
         reader.stop()
+        for pin in pins.values():
+            pin.close()
+        feedback.close()
         control.stop()
         outbox.flush()
         uplink.stop(last_words=(core.topics.status, core.status_message("offline", "shutdown")))

@@ -13,6 +13,7 @@ import json
 import sys
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from agent import __version__
 
@@ -68,6 +69,116 @@ def _sim_gnss(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runtime_dir(args: argparse.Namespace) -> Path:
+    if getattr(args, "runtime_dir", None):
+        return Path(args.runtime_dir)
+    from agent.config import load
+    from agent.errors import ConfigError
+
+    try:
+        return load(Path(args.config)).runtime_dir
+    except ConfigError as exc:
+        raise SystemExit(f"patrol-agent: {args.config}: {exc.problems[0]}") from None
+
+
+def _ask(args: argparse.Namespace, cmd: str, **fields: Any) -> list[dict[str, object]]:
+    from agent.control import request
+
+    try:
+        return list(request(_runtime_dir(args), cmd, **fields))
+    except OSError as exc:
+        raise SystemExit(f"patrol-agent: cannot reach the daemon ({exc.strerror or exc}); is it running?") from None
+
+
+def _sim_press(args: argparse.Namespace) -> int:
+    reply = _ask(args, "sim_press", name=args.name, hold=args.hold)
+    ok = bool(reply and reply[-1].get("ok"))
+    print("pressed" if ok else f"error: {reply[-1].get('error') if reply else 'no answer'}")
+    return 0 if ok else 1
+
+
+def _sim_release(args: argparse.Namespace) -> int:
+    reply = _ask(args, "sim_release", name=args.name)
+    ok = bool(reply and reply[-1].get("ok"))
+    print("released" if ok else f"error: {reply[-1].get('error') if reply else 'no answer'}")
+    return 0 if ok else 1
+
+
+def _panic_test(args: argparse.Namespace) -> int:
+    import time
+
+    from agent.control import request
+
+    began = time.monotonic()
+    stages: list[str] = []
+    try:
+        for reply in request(_runtime_dir(args), "panic_test", timeout=args.timeout):
+            if "stage" not in reply:
+                print(f"error: {reply.get('error')}")
+                return 1
+            stage = str(reply["stage"])
+            stages.append(stage)
+            extra = f" by {reply['operator']}" if reply.get("operator") else ""
+            print(f"{time.monotonic() - began:6.2f} s  {stage:<13} test alarm {reply['alert_id']}{extra}", flush=True)
+    except TimeoutError:
+        pass
+    except OSError as exc:
+        print(f"patrol-agent: cannot reach the daemon ({exc.strerror or exc}); is it running?", file=sys.stderr)
+        return 2
+    if "acknowledged" in stages:
+        return 0
+    missing = "delivered to the broker" if "delivered" not in stages else "acknowledged by dispatch"
+    print(f"not {missing} within {args.timeout:g} s")
+    return 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    reply = _ask(args, "status")
+    if not reply or not reply[-1].get("ok"):
+        print(f"error: {reply[-1].get('error') if reply else 'no answer'}")
+        return 1
+    print(json.dumps(reply[-1]["status"], indent=2))
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from agent.dispatch import connect, watch
+
+    client = connect(args.broker, client_id=args.client_id, ca=args.ca, cert=args.cert, key=args.key,
+                     username=args.username, password=args.password)
+    watch(client, args.prefix, args.vehicle, auto_ack=args.auto_ack, alerts_only=args.alerts_only)
+    return 0
+
+
+def _dispatch_send(args: argparse.Namespace) -> int:
+    from agent.dispatch import connect, send_ack
+
+    client = connect(args.broker, client_id=args.client_id, ca=args.ca, cert=args.cert, key=args.key,
+                     username=args.username, password=args.password)
+    action = "acknowledge" if args.action == "ack" else "clear"
+    send_ack(client, f"{args.prefix}/{args.vehicle}/alert/ack", args.alert_id, action, args.operator)
+    client.loop_stop()
+    client.disconnect()
+    print(f"{action} sent for alert {args.alert_id} of {args.vehicle}")
+    return 0
+
+
+def _broker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (mqtts:// for TLS)")
+    parser.add_argument("--prefix", default="patrol", help="topic prefix (default patrol)")
+    parser.add_argument("--client-id", default="patrol-dispatch-tool")
+    parser.add_argument("--ca")
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    parser.add_argument("--username")
+    parser.add_argument("--password")
+
+
+def _daemon_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"the daemon's config (default {DEFAULT_CONFIG})")
+    parser.add_argument("--runtime-dir", help="the daemon's runtime directory (instead of reading --config)")
+
+
 def _run(args: argparse.Namespace) -> int:
     from agent.app import main as run_daemon
 
@@ -117,6 +228,43 @@ def build_parser() -> argparse.ArgumentParser:
     sim_gnss.add_argument("--rate", type=float, default=1.0, help="epochs per second (default 1)")
     sim_gnss.add_argument("--laps", type=int, default=1000, help="laps of the route (default 1000)")
     sim_gnss.set_defaults(func=_sim_gnss)
+    press = sim_sub.add_parser("press", help="press a simulated input of the running daemon")
+    press.add_argument("name")
+    press.add_argument("--hold", type=float, help="release after this many seconds")
+    _daemon_options(press)
+    press.set_defaults(func=_sim_press)
+    release = sim_sub.add_parser("release", help="release a simulated input of the running daemon")
+    release.add_argument("name")
+    _daemon_options(release)
+    release.set_defaults(func=_sim_release)
+
+    panic = sub.add_parser("panic", help="panic alarm tools")
+    panic_sub = panic.add_subparsers(dest="action", required=True, metavar="ACTION")
+    test = panic_sub.add_parser("test", help="send a test alarm through the whole path and show each stage")
+    test.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for dispatch (default 60)")
+    _daemon_options(test)
+    test.set_defaults(func=_panic_test)
+
+    status = sub.add_parser("status", help="the running daemon's state")
+    _daemon_options(status)
+    status.set_defaults(func=_status)
+
+    watch = sub.add_parser("watch", help="dispatch's view: print what the vehicles send")
+    _broker_options(watch)
+    watch.add_argument("--vehicle", default="+", help="one vehicle id (default all)")
+    watch.add_argument("--auto-ack", action="store_true", help="acknowledge every alert (demo)")
+    watch.add_argument("--alerts-only", action="store_true")
+    watch.set_defaults(func=_watch)
+
+    dispatch = sub.add_parser("dispatch", help="dispatch side: acknowledge or clear an alert")
+    dispatch_sub = dispatch.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("ack", "acknowledge an alert"), ("clear", "clear (close) an alert")):
+        cmd = dispatch_sub.add_parser(action, help=text)
+        cmd.add_argument("vehicle")
+        cmd.add_argument("alert_id")
+        cmd.add_argument("--operator", default="dispatcher")
+        _broker_options(cmd)
+        cmd.set_defaults(func=_dispatch_send)
     return parser
 
 

@@ -135,6 +135,9 @@ class InputPinConfig(Section):
     def _check(self) -> InputPinConfig:
         if self.pull == "none" and self.active is None:
             raise ValueError("with pull: none, say which level is active (active: low|high)")
+        if self.active is not None and self.pull != "none" and self.active_high != (self.pull == "down"):
+            raise ValueError(f"with pull: {self.pull} the input is active {'low' if self.pull == 'up' else 'high'}; "
+                             "for the other level use pull: none and an external resistor")
         return self
 
 
@@ -148,9 +151,17 @@ class DigitalInputConfig(InputPinConfig):
     kind: Literal["ignition", "lights", "siren", "door", "other"] = "other"
 
 
+class CancelConfig(Section):
+    presses: int = Field(default=3, ge=2, le=10)
+    within_s: float = Field(default=4.0, gt=0)
+    short_s: float = Field(default=0.8, gt=0)
+    not_before_s: float = Field(default=10.0, ge=0)
+
+
 class InputsConfig(Section):
     panic_buttons: list[PanicButtonConfig] = []
     digital: list[DigitalInputConfig] = []
+    cancel: CancelConfig = CancelConfig()
 
     @model_validator(mode="after")
     def _unique(self) -> InputsConfig:
@@ -172,6 +183,10 @@ class OutputsConfig(Section):
     led: OutputPinConfig | None = None
     buzzer: OutputPinConfig | None = None
     covert: bool = False
+
+
+class PanicConfig(Section):
+    republish_s: Seconds = 15.0
 
 
 class ReportingConfig(Section):
@@ -196,6 +211,7 @@ class AgentConfig(Section):
     inputs: InputsConfig = InputsConfig()
     outputs: OutputsConfig = OutputsConfig()
     reporting: ReportingConfig = ReportingConfig()
+    panic: PanicConfig = PanicConfig()
     health: HealthConfig = HealthConfig()
     state_dir: Path = Path("/var/lib/patrol-agent")
     runtime_dir: Path = Path("/run/patrol-agent")

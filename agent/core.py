@@ -38,6 +38,7 @@ from agent.topics import Topics
 from agent.uplink import LinkEvent, Uplink
 from drivers.gnss.fix import Fix
 from drivers.gnss.reader import GnssState
+from drivers.gpio import Edge
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,10 @@ class Core:
         self._next_expire = clock.monotonic() + 600
         self.handlers: dict[str, Callable[[ControlRequest], None]] = {"status": self._control_status}
         self.on_tick: list[Callable[[float], None]] = []
+        self.on_ack: list[Callable[[int], None]] = []
+        self.on_edge: Callable[[Edge], None] = lambda edge: None
+        self.on_alert_ack: Callable[[bytes], None] = lambda payload: None
+        self.inputs: dict[str, bool] = {}
         self.published = 0
 
     # --- building and enqueueing messages ----------------------------------------
@@ -162,6 +167,8 @@ class Core:
             self.on_link(item)
         elif isinstance(item, Fix):
             self.on_fix(item)
+        elif isinstance(item, Edge):
+            self.on_edge(item)
         elif isinstance(item, ControlRequest):
             self.on_control(item)
         elif isinstance(item, tuple) and item and isinstance(item[0], GnssState):
@@ -238,12 +245,20 @@ class Core:
             if ev.kind == "refused":
                 self.fault("publish_refused", f"the broker refused a message: {ev.detail}")
             self.outbox.ack([row_id])
+            for hook in self.on_ack:
+                hook(row_id)
             self.pump()
         elif ev.kind == "message":
             self.on_message(ev.topic, ev.payload, ev.retain)
 
     def on_message(self, topic: str, payload: bytes, retain: bool) -> None:
-        log.info("message on %s ignored (no handler)", topic)
+        if topic == self.topics.alert_ack:
+            if retain:
+                self.event("command_rejected", "alert_ack", detail="retained acknowledgements are not accepted")
+                return
+            self.on_alert_ack(payload)
+        else:
+            log.info("message on %s ignored (no handler)", topic)
 
     def pump(self) -> None:
         """Keep the in-flight window full: alerts, then the newest position, then the rest."""
@@ -312,7 +327,7 @@ class Core:
                 "sats_used": self.last_fix.sats_used if self.last_fix else None}
         gnss.update(self.gnss_info())
         return {"uptime_s": round(now - self.started, 1), "agent_version": __version__,
-                "outbox": self.outbox.stats(), "gnss": gnss, "link": link,
+                "outbox": self.outbox.stats(), "gnss": gnss, "link": link, "inputs": dict(self.inputs),
                 "faults": sorted(set(self.faults) | set(self.outbox.faults)), "lab_mode": self.cfg.mqtt.lab_mode}
 
     def send_health(self) -> None:

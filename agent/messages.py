@@ -180,4 +180,17 @@ class CommandReply(Message):
     detail: str | None = None
 
 
+
+
+class AlertAck(BaseModel):
+    """Dispatch -> vehicle on ``<prefix>/<vehicle>/alert/ack``: acknowledge or clear an alert."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alert_id: str = Field(min_length=1, max_length=64)
+    action: Literal["acknowledge", "clear"]
+    operator: str | None = Field(default=None, max_length=64)
+    note: str | None = Field(default=None, max_length=500)
+
+
 VEHICLE_MESSAGES: tuple[type[Message], ...] = (PositionReport, Alert, Status, InputEvent, Health, CommandReply)

@@ -1,0 +1,143 @@
+"""GPIO: the officers' buttons and the car's digital inputs in, feedback LED and buzzer out.
+
+gpiozero devices, with the pin factory injected (``MockFactory`` in tests and
+simulation). Input callbacks run on gpiozero's own threads: they only put an
+:class:`Edge` on the core's queue, stamped with the monotonic clock, and
+return. Debouncing is the agent's, not gpiozero's (MockPin ignores
+``bounce_time``, so only our own can be tested): see :class:`Debouncer`,
+driven by the core thread.
+
+Feedback patterns (:class:`Feedback`): raised but not yet delivered: fast
+blink and short beeps; delivered to the broker: slow blink; acknowledged by
+dispatch: steady light, one long beep; idle: dark and silent. In covert mode
+no output device is even created: the pins are never touched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from agent.config import InputPinConfig, OutputPinConfig, OutputsConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    name: str
+    active: bool
+    at: float  # monotonic
+
+
+class InputPin:
+    """One digital input; reports raw edges (no debounce here)."""
+
+    def __init__(self, cfg: InputPinConfig, *, on_edge: Callable[[Edge], None], pin_factory: Any = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        from gpiozero import DigitalInputDevice
+
+        pull_up: bool | None = {"up": True, "down": False, "none": None}[cfg.pull]
+        active_state = None if pull_up is not None else cfg.active_high
+        self.cfg = cfg
+        self.device = DigitalInputDevice(cfg.pin, pull_up=pull_up, active_state=active_state,
+                                         bounce_time=None, pin_factory=pin_factory)
+        self.device.when_activated = lambda: on_edge(Edge(cfg.name, True, clock()))
+        self.device.when_deactivated = lambda: on_edge(Edge(cfg.name, False, clock()))
+
+    @property
+    def active(self) -> bool:
+        return bool(self.device.is_active)
+
+    def close(self) -> None:
+        self.device.close()
+
+
+class Debouncer:
+    """Leading-edge debounce: the first edge counts at once, then a lockout.
+
+    Contact bounce is a burst of edges within a few ms of the first; taking
+    the first edge and ignoring the rest for ``debounce_ms`` gives one press
+    per press with no added latency. When the lockout ends, the level the
+    input has settled at is taken (a release inside the lockout is not lost).
+    """
+
+    def __init__(self, debounce_ms: int, initial: bool) -> None:
+        self.window = debounce_ms / 1000
+        self.state = initial
+        self._raw = initial
+        self._locked_until = float("-inf")
+
+    def edge(self, active: bool, at: float) -> bool | None:
+        """A raw edge; the new debounced state if it changed, else None."""
+        self._raw = active
+        if at < self._locked_until or active == self.state:
+            return None
+        self.state = active
+        self._locked_until = at + self.window
+        return active
+
+    def settle(self, now: float, level: bool | None = None) -> bool | None:
+        """After the lockout, adopt the settled level; the new state if it changed."""
+        if now < self._locked_until:
+            return None
+        if level is not None:
+            self._raw = level
+        if self._raw != self.state:
+            self.state = self._raw
+            self._locked_until = now + self.window
+            return self.state
+        return None
+
+
+class Feedback:
+    """The officer's LED and buzzer."""
+
+    PATTERNS: ClassVar[dict[str, tuple[Any, Any]]] = {
+        "idle": (None, None),
+        "raised": ((0.1, 0.1), (0.05, 0.45)),
+        "delivered": ((0.5, 0.5), None),
+        "acknowledged": ("on", (1.0, 0.0)),
+    }
+
+    def __init__(self, cfg: OutputsConfig, *, pin_factory: Any = None) -> None:
+        self.covert = cfg.covert
+        self.state = "idle"
+        self.led = None if cfg.covert else _output(cfg.led, pin_factory, buzzer=False)
+        self.buzzer = None if cfg.covert else _output(cfg.buzzer, pin_factory, buzzer=True)
+
+    def show(self, state: str) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        if self.covert:
+            return
+        led_pattern, buzzer_pattern = self.PATTERNS.get(state, (None, None))
+        if self.led is not None:
+            _drive(self.led, led_pattern, repeat=True)
+        if self.buzzer is not None:
+            _drive(self.buzzer, buzzer_pattern, repeat=state == "raised")
+
+    def close(self) -> None:
+        for device in (self.led, self.buzzer):
+            if device is not None:
+                device.close()
+
+
+def _output(cfg: OutputPinConfig | None, pin_factory: Any, *, buzzer: bool) -> Any:
+    if cfg is None:
+        return None
+    from gpiozero import LED, Buzzer
+
+    kind = Buzzer if buzzer else LED
+    return kind(cfg.pin, active_high=cfg.active == "high", initial_value=False, pin_factory=pin_factory)
+
+
+def _drive(device: Any, pattern: Any, *, repeat: bool) -> None:
+    if pattern is None:
+        device.off()
+    elif pattern == "on":
+        device.on()
+    else:
+        on_time, off_time = pattern
+        device.blink(on_time=on_time, off_time=off_time, n=None if repeat else 1, background=True)
