@@ -99,7 +99,7 @@ class MqttConfig(Section):
     username: str | None = None
     password: SecretStr | None = None
     tls: TlsConfig = TlsConfig()
-    keepalive_s: int = Field(default=30, ge=5, le=1200)
+    keepalive_s: int = Field(default=30, ge=2, le=1200)
     ack_timeout_s: Seconds = 15.0
     connect_timeout_s: Seconds = 10.0
     inflight_window: int = Field(default=20, ge=1, le=100)

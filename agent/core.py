@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -43,6 +44,8 @@ from drivers.gpio import Edge
 log = logging.getLogger(__name__)
 
 TICK_S = 0.05
+SWITCH_INTERVAL_S = 0.001
+HANDOVER = 200  # rows queued at the uplink beyond its window, so that it never waits for the core
 HISTORICAL_FALSE = b',"historical":false}'
 HISTORICAL_TRUE = b',"historical":true}'
 
@@ -84,7 +87,7 @@ class Core:
         self.last_position_at: float | None = None  # monotonic
         self.gnss_state: GnssState = GnssState.OPENING
         self.faults: dict[str, str] = {}
-        self._inflight: dict[int, int] = {}  # mid -> row id (current connection)
+        self._handed: set[int] = set()  # row ids handed to the uplink on this connection
         self._generation = -1
         self._link_up_wall: float | None = None
         self._newest_position_due = False
@@ -148,6 +151,9 @@ class Core:
     # --- the loop ---------------------------------------------------------------
 
     def run(self) -> None:
+        # The uplink thread can be busy for seconds draining a backlog; with the default
+        # 5 ms GIL switch interval an alert waiting on this thread pays that several times.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         while not self.stopping:
             try:
                 item = self.events.get(timeout=TICK_S)
@@ -224,7 +230,7 @@ class Core:
     def on_link(self, ev: LinkEvent) -> None:
         if ev.kind == "up":
             self._generation = ev.generation
-            self._inflight.clear()
+            self._handed.clear()
             self.outbox.release_all()
             self._link_up_wall = self.clock.wall()
             self._newest_position_due = True
@@ -233,23 +239,28 @@ class Core:
             self.pump()
         elif ev.kind == "down":
             if ev.generation == self._generation:
-                self._inflight.clear()
+                self._handed.clear()
                 self.outbox.release_all()
                 self._generation = -1
-        elif ev.kind in ("ack", "refused"):
-            if ev.generation != self._generation:
-                return
-            row_id = self._inflight.pop(ev.mid, None)
-            if row_id is None:
-                return
-            if ev.kind == "refused":
-                self.fault("publish_refused", f"the broker refused a message: {ev.detail}")
-            self.outbox.ack([row_id])
-            for hook in self.on_ack:
-                hook(row_id)
-            self.pump()
+        elif ev.kind == "acks" and self.uplink is not None:
+            self.on_acks(self.uplink.take_acks())
         elif ev.kind == "message":
             self.on_message(ev.topic, ev.payload, ev.retain)
+
+    def on_acks(self, acks: list[tuple[int, str | None]]) -> None:
+        done = []
+        for row_id, refused in acks:
+            if row_id not in self._handed:
+                continue  # a PUBACK of a connection that has since dropped: its rows were released
+            self._handed.discard(row_id)
+            if refused is not None:
+                self.fault("publish_refused", f"the broker refused a message: {refused}")
+            done.append(row_id)
+        self.outbox.ack(done)
+        for row_id in done:
+            for hook in self.on_ack:
+                hook(row_id)
+        self.pump()
 
     def on_message(self, topic: str, payload: bytes, retain: bool) -> None:
         if topic == self.topics.alert_ack:
@@ -261,24 +272,23 @@ class Core:
             log.info("message on %s ignored (no handler)", topic)
 
     def pump(self) -> None:
-        """Keep the in-flight window full: alerts, then the newest position, then the rest."""
+        """Keep the link busy: alerts at once, then the newest position, then the rest in order."""
         uplink = self.uplink
         if uplink is None or not uplink.connected or self._generation < 0:
             return
-        window = self.cfg.mqtt.inflight_window
-        free = window + 10 - len(self._inflight)
-        rows = self.outbox.lease(free, max_priority=Priority.ALERT)
-        if self._newest_position_due and len(self._inflight) + len(rows) < window:
+        alerts = self.outbox.lease(10, max_priority=Priority.ALERT)
+        if alerts:
+            self._submit(uplink, alerts, urgent=True)
+        if self._newest_position_due:
             self._newest_position_due = False
             newest = self.outbox.newest(Priority.POSITION)
             if newest is not None:
-                rows.append(newest)
-                self._publish(uplink, rows, newest_id=newest.id)
-                rows = []
-        free = window - len(self._inflight) - len(rows)
+                self._submit(uplink, [newest], newest_id=newest.id)
+        free = self.cfg.mqtt.inflight_window + HANDOVER - len(self._handed)
         if free > 0:
-            rows += self._allowed(self.outbox.lease(free))
-        self._publish(uplink, rows)
+            rows = self._allowed(self.outbox.lease(free))
+            if rows:
+                self._submit(uplink, rows)
 
     def _allowed(self, rows: list[Row]) -> list[Row]:
         """Apply the backlog rate limit to historical rows; the rest go back."""
@@ -302,16 +312,16 @@ class Core:
         return (row.priority != Priority.ALERT and self._link_up_wall is not None
                 and row.accepted_at < self._link_up_wall)
 
-    def _publish(self, uplink: Uplink, rows: list[Row], newest_id: int | None = None) -> None:
-        for index, row in enumerate(rows):
+    def _submit(self, uplink: Uplink, rows: list[Row], *, urgent: bool = False, newest_id: int | None = None) -> None:
+        items = []
+        for row in rows:
             historical = self._historical(row) and row.id != newest_id
-            payload = row.payload[:-1] + (HISTORICAL_TRUE if historical else HISTORICAL_FALSE)
-            mid = uplink.publish(row.topic, payload)
-            if mid is None:
-                self.outbox.release(r.id for r in rows[index:])
-                return
-            self._inflight[mid] = row.id
-            self.published += 1
+            items.append((row.id, row.topic, row.payload[:-1] + (HISTORICAL_TRUE if historical else HISTORICAL_FALSE)))
+        if uplink.submit(items, urgent=urgent):
+            self._handed.update(row.id for row in rows)
+            self.published += len(rows)
+        else:
+            self.outbox.release(row.id for row in rows)
 
     # --- health and control ---------------------------------------------------------
 

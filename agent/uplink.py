@@ -30,6 +30,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -49,7 +50,7 @@ SESSION_EXPIRY_S = 24 * 3600  # the broker keeps our subscriptions (alert acks) 
 
 @dataclass(frozen=True, slots=True)
 class LinkEvent:
-    kind: Literal["up", "down", "ack", "refused", "message"]
+    kind: Literal["up", "down", "acks", "message"]
     generation: int  # which connection it belongs to
     mid: int = 0
     topic: str = ""
@@ -105,7 +106,12 @@ class Uplink:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._client: mqtt.Client | None = None
-        self._sent: dict[int, float] = {}  # mid -> when published, for the ack timeout
+        self._sent: dict[int, tuple[int, float]] = {}  # mid -> (token, when published)
+        self._early: set[int] = set()  # mids acknowledged before publish() returned them
+        self._queue: deque[tuple[int, str, bytes]] = deque()  # submitted, not yet handed to paho
+        self._acks: list[tuple[int, str | None]] = []  # (token, refusal) since take_acks()
+        self._ack_posted = False
+        self._urgent: set[int] = set()
         self.generation = 0
         self.connected = False
         self.connected_since: float | None = None  # monotonic
@@ -133,24 +139,82 @@ class Uplink:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    # --- publishing (core thread) ---------------------------------------------
+    # --- publishing ------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int | None:
-        """Hand one message to paho at QoS 1; its mid, or None when not connected."""
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        """Publish one untracked message now (the retained status); False when not connected."""
         with self._lock:
             client = self._client if self.connected else None
         if client is None:
-            return None
-        info = client.publish(topic, payload, qos=1, retain=retain)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return None
+            return False
+        return client.publish(topic, payload, qos=1, retain=retain).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def submit(self, items: list[tuple[int, str, bytes]], *, urgent: bool = False) -> bool:
+        """Hand tracked messages (token = outbox row id) to the link; their PUBACKs come back by token.
+
+        Urgent ones (alerts), and as many as the in-flight window has room for, are
+        published at once from the calling thread; the rest wait in a short queue
+        that the uplink thread feeds to paho as PUBACKs free the window (no
+        thread hand-over per message). False when not connected.
+        """
         with self._lock:
-            self._sent.setdefault(info.mid, self._clock())
-        return int(info.mid)
+            client = self._client if self.connected else None
+            if client is None:
+                return False
+            if urgent:
+                self._urgent.update(token for token, _, _ in items)
+                now = items
+            else:
+                room = 0 if self._queue else max(0, self._cfg.inflight_window - len(self._sent))
+                now = items[:room]
+                self._queue.extend(items[room:])
+        for token, topic, payload in now:
+            self._publish(client, token, topic, payload)
+        return True
+
+    def _publish(self, client: mqtt.Client, token: int, topic: str, payload: bytes) -> None:
+        info = client.publish(topic, payload, qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return  # the connection is going: the core releases everything on "down"
+        with self._lock:
+            if info.mid in self._early:  # PUBACK came before publish() returned
+                self._early.discard(info.mid)
+                self._ack_token(token, None)
+            else:
+                self._sent[info.mid] = (token, self._clock())
+
+    def _feed(self, client: mqtt.Client) -> None:
+        """Uplink thread: top the in-flight window up from the queue."""
+        while True:
+            with self._lock:
+                if not self._queue or len(self._sent) >= self._cfg.inflight_window:
+                    return
+                token, topic, payload = self._queue.popleft()
+            self._publish(client, token, topic, payload)
+
+    def _ack_token(self, token: int, refused: str | None) -> None:
+        """With the lock held. The core is woken for an urgent message's PUBACK, when the
+        queue runs low, or once enough have gathered: not once per message."""
+        self._acks.append((token, refused))
+        if not self._ack_posted and (token in self._urgent or len(self._acks) >= 32
+                                     or len(self._queue) < 100):
+            self._post_acks()
+
+    def _post_acks(self) -> None:
+        self._ack_posted = True
+        self._events.put(LinkEvent("acks", self.generation))
+
+    def take_acks(self) -> list[tuple[int, str | None]]:
+        """(token, refusal) for each PUBACK since the last call (core thread)."""
+        with self._lock:
+            acks, self._acks = self._acks, []
+            self._ack_posted = False
+            self._urgent.difference_update(token for token, _ in acks)
+        return acks
 
     def in_flight(self) -> int:
         with self._lock:
-            return len(self._sent)
+            return len(self._sent) + len(self._queue)
 
     # --- the thread ----------------------------------------------------------
 
@@ -182,6 +246,7 @@ class Uplink:
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._failed(broker, _describe(exc))
             return 0.0
+        _no_delay(client)
         with self._lock:
             self._client = client
         started = self._clock()
@@ -189,6 +254,11 @@ class Uplink:
         try:
             while not self._stop.is_set():
                 rc = client.loop(timeout=0.05)
+                if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self.connected:
+                    self._feed(client)
+                    with self._lock:
+                        if self._acks and not self._ack_posted and not self._sent:
+                            self._post_acks()  # all quiet: hand over what has gathered
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     reason = self.last_error if self.last_error and not self.connected else mqtt.error_string(rc)
                     break
@@ -207,6 +277,11 @@ class Uplink:
                 self.connected = False
                 self.connected_since = None
                 self._sent.clear()
+                self._early.clear()
+                self._queue.clear()
+                self._acks.clear()
+                self._urgent.clear()
+                self._ack_posted = False
             if not self._stop.is_set():
                 _close(client)
         if self._stop.is_set():
@@ -224,7 +299,7 @@ class Uplink:
         with self._lock:
             if not self._sent:
                 return None
-            return now - min(self._sent.values())
+            return now - min(at for _, at in self._sent.values())
 
     def _connect_args(self) -> dict[str, Any]:
         if self._cfg.protocol != "5":
@@ -280,16 +355,28 @@ class Uplink:
             self.connected = False
 
     def _on_publish(self, generation: int, mid: int, rc: Any) -> None:
+        refused = str(rc) if getattr(rc, "is_failure", False) else None
         with self._lock:
-            self._sent.pop(mid, None)
-        if getattr(rc, "is_failure", False):
-            self._events.put(LinkEvent("refused", generation, mid=mid, detail=str(rc)))
-        else:
-            self._events.put(LinkEvent("ack", generation, mid=mid))
+            if generation != self.generation:
+                return
+            sent = self._sent.pop(mid, None)
+            if sent is None:
+                self._early.add(mid)
+            else:
+                self._ack_token(sent[0], refused)
 
     def _on_message(self, generation: int, msg: mqtt.MQTTMessage) -> None:
         self._events.put(LinkEvent("message", generation, topic=msg.topic, payload=bytes(msg.payload),
                                    retain=bool(msg.retain)))
+
+
+def _no_delay(client: mqtt.Client) -> None:
+    """Small packets (an alert, a PUBACK) go out at once, not after Nagle's wait for an ACK
+    (paho leaves Nagle on: 40 ms behind a delayed ACK, measured here)."""
+    sock: Any = client.socket()
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _close(client: mqtt.Client) -> None:

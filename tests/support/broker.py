@@ -56,6 +56,7 @@ class Mosquitto:
             "log_dest stderr\n"
             "log_type error\nlog_type warning\n"
             "max_queued_messages 0\n"
+            "set_tcp_nodelay true\n"  # as a dispatch broker should: PUBACKs not held back by Nagle
             + (self.extra_conf or f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
         )
 

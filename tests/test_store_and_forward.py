@@ -1,0 +1,212 @@
+"""Store-and-forward against a real mosquitto: outages, kill -9, half-open links, a full or corrupt outbox.
+
+Each test runs the real daemon as a process, feeds it fixes through a pty and
+asserts on what the broker actually delivered to a dispatch-side subscriber.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sqlite3
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import OutboxConfig
+from agent.messages import Priority
+from agent.outbox import Outbox
+from tests.support.agent_proc import AgentProcess, GnssFeeder, agent_config, positions
+from tests.support.broker import Mosquitto
+from tests.support.mqtt import Collector, Received
+from tests.support.proxy import TcpProxy
+from tests.support.pty_gnss import PtyGnss
+
+COMMIT_WINDOW_S = 1.0
+
+
+def fix_times(messages: list[Received]) -> set[str]:
+    return {p["fix"]["fix_time"] for p in positions(messages) if p.get("fix")}
+
+
+def assert_no_seq_reused(messages: list[Received]) -> None:
+    by_seq: dict[int, set[str]] = defaultdict(set)
+    for message in messages:
+        body = message.json()
+        by_seq[body["seq"]].add(body["msg_id"])
+    reused = {seq: ids for seq, ids in by_seq.items() if len(ids) > 1}
+    assert not reused, f"sequence numbers reused: {reused}"
+
+
+@pytest.fixture
+def dispatch(broker: Mosquitto, request: pytest.FixtureRequest) -> Any:
+    collector = Collector(broker.port, "patrol/#", client_id=f"dispatch-{request.node.name}"[:60])
+    yield collector
+    collector.close()
+
+
+def test_broker_down_then_back_every_position_arrives(
+        tmp_path: Path, broker: Mosquitto, gnss_pty: PtyGnss, dispatch: Collector) -> None:
+    """Injected: the broker stopped for 4 s while fixes keep coming at 5 Hz."""
+    agent = AgentProcess(tmp_path, agent_config(tmp_path, broker.port, gnss_pty.path))
+    agent.start()
+    feeder = GnssFeeder(gnss_pty, rate_hz=5).start()
+    try:
+        dispatch.wait_for(lambda m: len(positions(m)) >= 5)
+        first = min(fix_times(dispatch.messages))
+        broker.stop()
+        down_at = time.monotonic()
+        time.sleep(4)
+        broker.start()
+        time.sleep(2)
+        feeder.stop()
+        expected = {t for _, t in feeder.fed if t >= first}
+        during = {t for at, t in feeder.fed if down_at + 0.5 < at < down_at + 3.5}
+        dispatch.wait_for(lambda m: expected <= fix_times(m), timeout=20)
+    finally:
+        feeder.stop()
+        agent.kill9()
+    delivered = positions(dispatch.messages)
+    assert len(during) >= 14
+    historical = {p["fix"]["fix_time"] for p in delivered if p["historical"]}
+    assert during <= historical, "positions held during the outage must arrive marked historical"
+    assert_no_seq_reused(dispatch.messages)
+    seqs = [p["seq"] for p in delivered]
+    print(f"\nfed {len(expected)} fixes after the first delivery; delivered {len(delivered)} positions "
+          f"({len(seqs) - len(set(seqs))} duplicates, identifiable by seq); {len(during)} produced while down")
+
+
+def test_kill_9_at_random_moments_loses_no_alert_and_reuses_no_sequence_number(
+        tmp_path: Path, broker: Mosquitto, gnss_pty: PtyGnss, dispatch: Collector) -> None:
+    """Injected: kill -9 of the agent 20 times, at random moments, while alerts and positions flow."""
+    rng = random.Random(20261125)
+    agent = AgentProcess(tmp_path, agent_config(tmp_path, broker.port, gnss_pty.path))
+    feeder = GnssFeeder(gnss_pty, rate_hz=5).start()
+    accepted: list[str] = []
+    lifetimes: list[tuple[float, float]] = []
+    try:
+        for _ in range(20):
+            agent.start()
+            began = time.monotonic()
+            deadline = began + rng.uniform(0.3, 1.8)
+            while time.monotonic() < deadline:
+                with contextlib.suppress(OSError, StopIteration):
+                    reply = agent.first_reply("panic_test", timeout=2)
+                    if reply.get("stage") == "accepted":
+                        accepted.append(reply["alert_id"])
+                time.sleep(rng.uniform(0.05, 0.4))
+            agent.kill9()
+            lifetimes.append((began, time.monotonic()))
+        agent.start()
+        dispatch.wait_for(lambda m: set(accepted) <= _alert_ids(m), timeout=30)
+        time.sleep(COMMIT_WINDOW_S + 1)
+    finally:
+        feeder.stop()
+        agent.kill9()
+    messages = dispatch.messages
+    assert len(accepted) >= 20
+    assert set(accepted) <= _alert_ids(messages), "an accepted alert was lost"
+    assert_no_seq_reused(messages)
+    delivered = fix_times(messages)
+    lost_beyond_window = []
+    for began, killed in lifetimes:
+        first_delivered = min((at for at, t in feeder.fed if began <= at <= killed and t in delivered), default=None)
+        if first_delivered is None:
+            continue
+        must = [t for at, t in feeder.fed if first_delivered <= at < killed - COMMIT_WINDOW_S - 0.3]
+        lost_beyond_window += [t for t in must if t not in delivered]
+    assert lost_beyond_window == [], f"telemetry lost beyond the commit window: {lost_beyond_window[:5]}"
+    with sqlite3.connect(tmp_path / "state" / "outbox.sqlite") as db:
+        assert db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    print(f"\n20 kill -9 rounds: {len(accepted)} alerts accepted, all delivered; "
+          f"{len(positions(messages))} positions delivered; no seq reused")
+
+
+def _alert_ids(messages: list[Received]) -> set[str]:
+    return {m.json()["alert_id"] for m in messages if m.topic.endswith("/alert")}
+
+
+def test_half_open_link_is_detected_and_recovered_without_loss(
+        tmp_path: Path, broker: Mosquitto, gnss_pty: PtyGnss, dispatch: Collector) -> None:
+    """Injected: the link stops forwarding in both directions without closing (half-open)."""
+    proxy = TcpProxy(broker.port)
+    keepalive, backoff_max = 2, 1.0
+    cfg = agent_config(tmp_path, proxy.port, gnss_pty.path, mqtt__keepalive_s=keepalive,
+                       mqtt__ack_timeout_s=30, mqtt__backoff_max_s=backoff_max)
+    agent = AgentProcess(tmp_path, cfg)
+    agent.start()
+    feeder = GnssFeeder(gnss_pty, rate_hz=5).start()
+    try:
+        dispatch.wait_for(lambda m: len(positions(m)) >= 5)
+        first = min(fix_times(dispatch.messages))
+        connections = proxy.connections
+        proxy.set_mode("blackhole")
+        cut = time.monotonic()
+        deadline = cut + 2 * keepalive + backoff_max + 3
+        while proxy.connections == connections and time.monotonic() < deadline:
+            time.sleep(0.05)
+        recovered = time.monotonic() - cut
+        time.sleep(2)
+        feeder.stop()
+        expected = {t for _, t in feeder.fed if t >= first}
+        dispatch.wait_for(lambda m: expected <= fix_times(m), timeout=20)
+    finally:
+        feeder.stop()
+        agent.kill9()
+        proxy.close()
+    print(f"\nhalf-open link noticed and a new connection made {recovered:.1f} s after the cut "
+          f"(keepalive {keepalive} s, limit {2 * keepalive + backoff_max:.0f} s + margin)")
+    assert proxy.connections > connections
+    assert recovered <= 2 * keepalive + backoff_max + 1.0
+    assert_no_seq_reused(dispatch.messages)
+
+
+def test_full_outbox_is_reported_in_health_and_alerts_survive(
+        tmp_path: Path, broker: Mosquitto, gnss_pty: PtyGnss, dispatch: Collector) -> None:
+    """Injected: 150 telemetry messages and 3 alerts into an outbox bounded at 100, before start."""
+    cfg = agent_config(tmp_path, broker.port, gnss_pty.path, outbox__max_messages=100, health__interval_s=0.5)
+    box = Outbox(tmp_path / "state" / "outbox.sqlite", OutboxConfig(max_messages=100))
+    box.open()
+    alert_ids = []
+    for i in range(153):
+        seq = box.seq.take()
+        priority = Priority.ALERT if i % 50 == 0 else Priority.POSITION
+        topic = "patrol/PV-TEST-1/" + ("alert" if priority == Priority.ALERT else "position")
+        box.accept(seq, priority, topic, b'{"seq":%d,"msg_id":"m%d","alert_id":"a%d"}' % (seq, seq, seq))
+        if priority == Priority.ALERT:
+            alert_ids.append(f"a{seq}")
+    box.close()
+    agent = AgentProcess(tmp_path, cfg)
+    agent.start()
+    try:
+        messages = dispatch.wait_for(lambda m: any(x.topic.endswith("/health") for x in m), timeout=15)
+        dispatch.wait_for(lambda m: set(alert_ids) <= _alert_ids(m), timeout=15)
+    finally:
+        agent.kill9()
+    health = next(m.json() for m in messages if m.topic.endswith("/health"))
+    assert health["outbox"]["evictions"] >= 50
+    assert set(alert_ids) <= _alert_ids(dispatch.messages)
+
+
+def test_corrupt_outbox_at_start_is_moved_aside_and_reported(
+        tmp_path: Path, broker: Mosquitto, gnss_pty: PtyGnss, dispatch: Collector) -> None:
+    """Injected: the outbox file overwritten with garbage before start."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "outbox.sqlite").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 64)
+    agent = AgentProcess(tmp_path, agent_config(tmp_path, broker.port, gnss_pty.path))
+    agent.start()
+    feeder = GnssFeeder(gnss_pty, rate_hz=5).start()
+    try:
+        messages = dispatch.wait_for(
+            lambda m: len(positions(m)) >= 3 and any(x.topic.endswith("/event") for x in m), timeout=15)
+    finally:
+        feeder.stop()
+        agent.kill9()
+    faults = [m.json() for m in messages if m.topic.endswith("/event")]
+    assert any(f["event"] == "fault" and f["name"] == "outbox_corrupt" for f in faults)
+    aside = list(state.glob("outbox.sqlite.corrupt-*"))
+    assert aside and aside[0].read_bytes().startswith(b"SQLite format 3")
