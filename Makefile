@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint types unit bench soak clean
+.PHONY: setup demo test lint types unit bench soak clean api-docs
 
 setup: $(VENV)/.installed
 
@@ -28,9 +28,14 @@ types: setup
 unit: setup
 	$(BIN)/pytest
 
+api-docs: setup
+	$(BIN)/python -m agent.apidoc --write
+
 bench: setup
 	$(BIN)/python benchmarks/gnss_decoder.py
 	$(BIN)/python benchmarks/gnss_reader_cpu.py
+	$(BIN)/python benchmarks/outbox_drain.py
+	$(BIN)/python benchmarks/disk_writes.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -10,6 +10,7 @@ the control socket.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import sys
@@ -19,11 +20,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from agent import __version__
+from agent import __version__, commands
 from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.control import ControlRequest
 from agent.messages import (
+    CommandReply,
     Health,
     InputEvent,
     Message,
@@ -101,6 +103,7 @@ class Core:
         self.on_edge: Callable[[Edge], None] = lambda edge: None
         self.on_alert_ack: Callable[[bytes], None] = lambda payload: None
         self.inputs: dict[str, bool] = {}
+        self.override: tuple[float, float] | None = None  # (interval_s, until monotonic): set_reporting
         self.published = 0
 
     # --- building and enqueueing messages ----------------------------------------
@@ -183,6 +186,12 @@ class Core:
             item()
         elif item == "stop":
             self.stopping = True
+        elif item == "reload":
+            self.on_reload()
+
+    def on_reload(self) -> None:
+        """Replaced by the app: re-read the config and apply what can be applied live."""
+        log.info("reload requested, but this agent cannot reload")
 
     def tick(self) -> None:
         while self.hang and not self.stopping:
@@ -208,8 +217,17 @@ class Core:
         if fix.has_position:
             self.last_position_fix = fix
             self.last_position_at = self.clock.monotonic()
-        reason = self.policy.decide(fix, self.clock.monotonic())
-        if reason is not None and not self.emergency_reporting():
+        now = self.clock.monotonic()
+        if self.emergency_reporting():
+            return
+        reason = self.policy.decide(fix, now)
+        if reason is None and self.override is not None:
+            interval, until = self.override
+            if now > until:
+                self.override = None
+            elif self.policy.since_last(now) >= interval:
+                reason = "requested"
+        if reason is not None:
             self.report_position(reason, fix)
 
     def emergency_reporting(self) -> bool:
@@ -268,8 +286,46 @@ class Core:
                 self.event("command_rejected", "alert_ack", detail="retained acknowledgements are not accepted")
                 return
             self.on_alert_ack(payload)
+        elif topic == self.topics.command:
+            self.on_command(payload, retain)
         else:
             log.info("message on %s ignored (no handler)", topic)
+
+    def on_command(self, payload: bytes, retain: bool) -> None:
+        try:
+            command, args = commands.parse(payload, retained=retain, vehicle_id=self.cfg.vehicle.id,
+                                           now=self.clock.now()[0])
+        except commands.CommandRejected as exc:
+            log.warning("command rejected: %s", exc.reason)
+            self.event("command_rejected", exc.verb or "command", detail=exc.reason)
+            self.reply(exc.command_id, exc.verb, ok=False, detail=exc.reason)
+            return
+        log.info("command %s (%s) accepted", command.verb, command.command_id)
+        detail = self.run_command(command.verb, args)
+        self.reply(command.command_id, command.verb, ok=True, detail=detail)
+
+    def run_command(self, verb: str, args: Any) -> str:
+        if verb == "ping":
+            return "pong"
+        if verb == "report_position":
+            self.report_position("requested", None)
+            return "position sent"
+        if verb == "set_reporting":
+            self.override = (args.interval_s, self.clock.monotonic() + args.duration_s)
+            return f"a position every {args.interval_s:g} s for {args.duration_s:g} s"
+        if verb in ("ack_alert", "clear_alert"):
+            action = "acknowledge" if verb == "ack_alert" else "clear"
+            self.on_alert_ack(json.dumps({"alert_id": args.alert_id, "action": action,
+                                          "operator": args.operator}).encode())
+            return f"{action} passed to the alert"
+        if verb == "reload_config":
+            self.events.put("reload")
+            return "reloading"
+        raise AssertionError(verb)  # the allow-list and this dispatch are kept in step by a test
+
+    def reply(self, command_id: str | None, verb: str | None, *, ok: bool, detail: str | None) -> None:
+        self.send(CommandReply(**self.envelope(), command_id=command_id, verb=verb, ok=ok, detail=detail),
+                  Priority.REPLY)
 
     def pump(self) -> None:
         """Keep the link busy: alerts at once, then the newest position, then the rest in order."""

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 SEQ_BLOCK = 1000
 _STOP = object()
-PAGE = 500
+PAGE = 200  # rows read ahead per query: small, so the core thread is never busy for long
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY,          -- the message's sequence number

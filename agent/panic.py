@@ -98,6 +98,7 @@ class Panic:
         self.emergency: OpenAlert | None = None
         self.tests: dict[str, tuple[OpenAlert, ControlRequest | None]] = {}
         self._last_emergency_report = float("-inf")
+        self._last_emergency_fix: object = None
         core.on_tick.append(self.tick)
         core.on_ack.append(self.on_row_acked)
         core.on_edge = self.on_edge
@@ -346,8 +347,13 @@ class Panic:
         alert = self.emergency
         if alert is None or alert.test:
             return
-        if now - self._last_emergency_report >= self.cfg.reporting.emergency_interval_s * 0.95:
+        interval = self.cfg.reporting.emergency_interval_s
+        elapsed = now - self._last_emergency_report
+        fresh = self.core.last_fix is not self._last_emergency_fix
+        # each new fix once the interval is up; without one (no receiver), the last known anyway
+        if (fresh and elapsed >= interval * 0.9) or elapsed >= interval * 1.5:
             self._last_emergency_report = now
+            self._last_emergency_fix = self.core.last_fix
             self.core.report_position("emergency", None, alert_id=alert.alert_id)
 
     # --- control socket -------------------------------------------------------------

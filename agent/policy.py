@@ -66,6 +66,9 @@ class ReportingPolicy:
             return "speed"
         return None
 
+    def since_last(self, now: float) -> float:
+        return float("inf") if self._last_at is None else now - self._last_at
+
     def reported(self, fix: Fix | None, now: float) -> None:
         """A position report went out (for any reason, emergency included)."""
         self._last_at = now

@@ -34,7 +34,7 @@ _IDLE_WAIT_S = 0.25  # how often the thread looks at its clock when the line is 
 
 
 class GnssState(StrEnum):
-    OPENING = "opening"
+    OPENING = "opening"  # starting, or the port just opened and nothing has come yet
     DEVICE_MISSING = "device_missing"  # cannot open: absent, unplugged, no permission
     NO_DATA = "no_data"  # open, but silent
     NO_NMEA = "no_nmea"  # bytes, but no valid sentence: usually the wrong baud rate
@@ -129,7 +129,7 @@ class GnssReader:
             self._stop.wait(delay)
 
     def _read(self, port: Any) -> None:
-        self._set_state(GnssState.NO_DATA, "port open, waiting for data", level=logging.INFO)
+        self._set_state(GnssState.OPENING, "port open, waiting for data", level=logging.INFO)
         now = self._clock()
         last_bytes = last_sentence = opened = now
         quiet_s = self._cfg.quiet_flush_ms / 1000
