@@ -42,13 +42,76 @@ def main(config_path: Path) -> int:
     return run(cfg)
 
 
-def open_gpio(cfg: AgentConfig, events: queue.Queue[Any], core: Core) -> tuple[dict[str, InputPin], Feedback, Any]:
-    """Inputs and outputs; mock pins in simulation. No GPIO is a fault, not a crash."""
-    factory: Any = None
-    if cfg.simulation:
-        from gpiozero.pins.mock import MockFactory
+class Agent:
+    """The whole unit, wired: ``start()``, then ``run()`` (the core loop) until "stop", then ``shutdown()``.
 
-        factory = MockFactory()
+    Hardware seams are keyword arguments that default to the real thing
+    (``pin_factory``: gpiozero's default, or mock pins in simulation).
+    """
+
+    def __init__(self, cfg: AgentConfig, *, pin_factory: Any = None) -> None:
+        self.cfg = cfg
+        self.events: queue.Queue[Any] = queue.Queue()
+        self.clock = Clock()
+        self.outbox = Outbox(cfg.outbox_path, cfg.outbox, on_fault=self._outbox_fault)
+        self.reader = GnssReader(cfg.gnss, on_fix=self.events.put, on_state=lambda s, d: self.events.put((s, d)))
+        self.core = Core(cfg, events=self.events, outbox=self.outbox, clock=self.clock,
+                         gnss_info=self.reader.counters)
+        self.uplink = Uplink(
+            cfg.mqtt,
+            client_id=cfg.mqtt.client_id or f"patrol-{cfg.vehicle.id}",
+            subscriptions=[self.core.topics.command, self.core.topics.alert_ack],
+            will=lambda: (self.core.topics.status, self.core.status_message("offline", "connection lost")),
+            events=self.events,
+        )
+        self.core.uplink = self.uplink
+        if pin_factory is None and cfg.simulation:
+            from gpiozero.pins.mock import MockFactory
+
+            pin_factory = MockFactory()
+        self.pin_factory = pin_factory
+        self.pins: dict[str, InputPin] = {}
+        self.feedback: Feedback | None = None
+        self.panic: Panic | None = None
+        self.control = ControlServer(cfg.runtime_dir, self.events)
+
+    def _outbox_fault(self, code: str, detail: str) -> None:
+        self.events.put(lambda: self.core.fault(code, detail))
+
+    def start(self) -> None:
+        """Sinks before sources: outbox, core state, uplink, control socket, GPIO, GNSS."""
+        self.outbox.open()
+        self.pins, self.feedback = open_gpio(self.cfg, self.events, self.core, self.pin_factory)
+        self.panic = Panic(self.core, self.cfg, feedback=self.feedback, pins=self.pins,
+                           pin_factory=self.pin_factory)
+        self.uplink.start()
+        self.control.start()
+        self.reader.start()
+        log.info("patrol-agent started: vehicle %s, %d messages waiting", self.cfg.vehicle.id, self.outbox.depth)
+
+    def run(self) -> None:
+        self.core.run()
+
+    def stop(self) -> None:
+        self.events.put("stop")
+
+    def shutdown(self) -> None:
+        """Sources first; then flush the outbox and say offline."""
+        self.reader.stop()
+        for pin in self.pins.values():
+            pin.close()
+        if self.feedback is not None:
+            self.feedback.close()
+        self.control.stop()
+        self.outbox.flush()
+        self.uplink.stop(last_words=(self.core.topics.status, self.core.status_message("offline", "shutdown")))
+        self.outbox.close()
+        log.info("patrol-agent stopped")
+
+
+def open_gpio(cfg: AgentConfig, events: queue.Queue[Any], core: Core,
+              factory: Any) -> tuple[dict[str, InputPin], Feedback]:
+    """Inputs and outputs. No GPIO is a fault, not a crash: GNSS and the link still work."""
     pins: dict[str, InputPin] = {}
     try:
         for item in (*cfg.inputs.panic_buttons, *cfg.inputs.digital):
@@ -58,49 +121,20 @@ def open_gpio(cfg: AgentConfig, events: queue.Queue[Any], core: Core) -> tuple[d
         log.error("GPIO unavailable: %s", exc)
         core.faults["gpio_unavailable"] = str(exc)[:200]
         feedback = Feedback(cfg.outputs.model_copy(update={"led": None, "buzzer": None}))
-    return pins, feedback, factory
+    return pins, feedback
 
 
 def run(cfg: AgentConfig) -> int:
-    events: queue.Queue[Any] = queue.Queue()
+    agent = Agent(cfg)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        events.put("stop")
+        agent.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-
-    clock = Clock()
-    outbox = Outbox(cfg.outbox_path, cfg.outbox, on_fault=lambda code, detail: events.put(
-        lambda: core.fault(code, detail)))
-    outbox.open()
-    reader = GnssReader(cfg.gnss, on_fix=events.put, on_state=lambda s, d: events.put((s, d)))
-    core = Core(cfg, events=events, outbox=outbox, clock=clock, gnss_info=reader.counters)
-    uplink = Uplink(
-        cfg.mqtt,
-        client_id=cfg.mqtt.client_id or f"patrol-{cfg.vehicle.id}",
-        subscriptions=[core.topics.command, core.topics.alert_ack],
-        will=lambda: (core.topics.status, core.status_message("offline", "connection lost")),
-        events=events,
-    )
-    core.uplink = uplink
-    pins, feedback, factory = open_gpio(cfg, events, core)
-    Panic(core, cfg, feedback=feedback, pins=pins, pin_factory=factory)
-    control = ControlServer(cfg.runtime_dir, events)
-    uplink.start()
-    control.start()
-    reader.start()
-    log.info("patrol-agent started: vehicle %s, %d messages waiting", cfg.vehicle.id, outbox.depth)
+    agent.start()
     try:
-        core.run()
+        agent.run()
     finally:
-        reader.stop()
-        for pin in pins.values():
-            pin.close()
-        feedback.close()
-        control.stop()
-        outbox.flush()
-        uplink.stop(last_words=(core.topics.status, core.status_message("offline", "shutdown")))
-        outbox.close()
-        log.info("patrol-agent stopped")
+        agent.shutdown()
     return 0

@@ -253,6 +253,9 @@ class Core:
             self._link_up_wall = self.clock.wall()
             self._newest_position_due = True
             if self.uplink is not None:
+                alerts = self.outbox.lease(10, max_priority=Priority.ALERT)
+                if alerts:
+                    self._submit(self.uplink, alerts, urgent=True)  # open alerts before anything else
                 self.uplink.publish(self.topics.status, self.status_message("online"), retain=True)
             self.pump()
         elif ev.kind == "down":

@@ -331,7 +331,8 @@ class Panic:
         cfg = button.cfg
         assert isinstance(cfg, PanicButtonConfig)
         held = now - (button.pressed_at or now)
-        if not button.alerted and cfg.trigger == "hold" and held >= cfg.hold_s:
+        # a press-trigger button raises on its edge; one already active at boot has none: raise here
+        if not button.alerted and (cfg.trigger == "press" or held >= cfg.hold_s):
             self._press_raises(button)
         if not button.stuck and held >= cfg.stuck_after_s:
             button.stuck = True
