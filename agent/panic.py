@@ -259,9 +259,8 @@ class Panic:
     def on_edge(self, edge: Edge) -> None:
         button = self.buttons.get(edge.name)
         if button is not None:
-            changed = button.debounce.edge(edge.active, edge.at)
-            if changed is not None:
-                self._changed(button, changed, edge.at)
+            for active, at in button.debounce.edge(edge.active, edge.at):
+                self._changed(button, active, at)
 
     def _changed(self, button: Button, active: bool, at: float) -> None:
         if not button.panic:
@@ -319,9 +318,8 @@ class Panic:
                 button.release_at = None
                 self._drive(name, False)
             level = self.pins[name].active if name in self.pins else None
-            changed = button.debounce.settle(now, level)
-            if changed is not None:
-                self._changed(button, changed, now)
+            for active, at in button.debounce.settle(now, level):
+                self._changed(button, active, at)
             if button.panic and button.pressed_at is not None:
                 self._held(button, now)
         self._republish(now)

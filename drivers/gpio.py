@@ -58,36 +58,42 @@ class Debouncer:
 
     Contact bounce is a burst of edges within a few ms of the first; taking
     the first edge and ignoring the rest for ``debounce_ms`` gives one press
-    per press with no added latency. When the lockout ends, the level the
-    input has settled at is taken (a release inside the lockout is not lost).
+    per press with no added latency. A level reached inside the lockout is
+    not lost: it is adopted when the lockout ends (:meth:`settle`) or when the
+    next edge comes, whichever is first, so a quick release and press again
+    are both seen.
     """
 
     def __init__(self, debounce_ms: int, initial: bool) -> None:
         self.window = debounce_ms / 1000
         self.state = initial
         self._raw = initial
+        self._raw_at = float("-inf")
         self._locked_until = float("-inf")
 
-    def edge(self, active: bool, at: float) -> bool | None:
-        """A raw edge; the new debounced state if it changed, else None."""
-        self._raw = active
-        if at < self._locked_until or active == self.state:
-            return None
-        self.state = active
-        self._locked_until = at + self.window
-        return active
+    def edge(self, active: bool, at: float) -> list[tuple[bool, float]]:
+        """A raw edge; the debounced changes it completes, as (state, when)."""
+        changes = self._adopt(at)
+        self._raw, self._raw_at = active, at
+        if at >= self._locked_until and active != self.state:
+            self.state = active
+            self._locked_until = at + self.window
+            changes.append((active, at))
+        return changes
 
-    def settle(self, now: float, level: bool | None = None) -> bool | None:
-        """After the lockout, adopt the settled level; the new state if it changed."""
-        if now < self._locked_until:
-            return None
-        if level is not None:
-            self._raw = level
-        if self._raw != self.state:
-            self.state = self._raw
-            self._locked_until = now + self.window
-            return self.state
-        return None
+    def settle(self, now: float, level: bool | None = None) -> list[tuple[bool, float]]:
+        """After the lockout, adopt the level the input settled at."""
+        if level is not None and level != self._raw and now >= self._locked_until:
+            self._raw, self._raw_at = level, now
+        return self._adopt(now)
+
+    def _adopt(self, now: float) -> list[tuple[bool, float]]:
+        if now < self._locked_until or self._raw == self.state:
+            return []
+        self.state = self._raw
+        when = max(self._raw_at, self._locked_until)
+        self._locked_until = self._raw_at + self.window  # its bounce followed the raw edge, not this moment
+        return [(self.state, when)]
 
 
 class Feedback:
