@@ -30,6 +30,9 @@ from drivers.gpio import Feedback, InputPin
 
 log = logging.getLogger("agent")
 
+#: config sections a SIGHUP applies at once; the others (link, receiver, pins, paths) need a restart
+LIVE_SECTIONS = frozenset({"reporting", "health", "panic", "log_level"})
+
 
 def main(config_path: Path) -> int:
     try:
@@ -39,7 +42,7 @@ def main(config_path: Path) -> int:
             print(problem, file=sys.stderr)
         return 2
     logs.setup(cfg.log_level)
-    return run(cfg)
+    return run(cfg, config_path)
 
 
 class Agent:
@@ -49,8 +52,9 @@ class Agent:
     (``pin_factory``: gpiozero's default, or mock pins in simulation).
     """
 
-    def __init__(self, cfg: AgentConfig, *, pin_factory: Any = None) -> None:
+    def __init__(self, cfg: AgentConfig, *, pin_factory: Any = None, config_path: Path | None = None) -> None:
         self.cfg = cfg
+        self.config_path = config_path
         self.events: queue.Queue[Any] = queue.Queue()
         self.clock = Clock()
         self.outbox = Outbox(cfg.outbox_path, cfg.outbox, on_fault=self._outbox_fault)
@@ -74,6 +78,7 @@ class Agent:
         self.feedback: Feedback | None = None
         self.panic: Panic | None = None
         self.control = ControlServer(cfg.runtime_dir, self.events)
+        self.core.on_reload = self.reload  # type: ignore[method-assign]
 
     def _outbox_fault(self, code: str, detail: str) -> None:
         self.events.put(lambda: self.core.fault(code, detail))
@@ -88,6 +93,33 @@ class Agent:
         self.control.start()
         self.reader.start()
         log.info("patrol-agent started: vehicle %s, %d messages waiting", self.cfg.vehicle.id, self.outbox.depth)
+        if self.cfg.mqtt.lab_mode:
+            log.warning("LAB MODE: the link to the broker is not protected as the fleet requires")
+        self.core.notifier.ready(self.core.status_line())
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; apply what can change live, report the rest."""
+        if self.config_path is None:
+            return
+        try:
+            new = load(self.config_path)
+        except ConfigError as exc:
+            log.error("config reload refused, keeping the running config: %s", "; ".join(exc.problems))
+            self.core.event("config_reloaded", "refused", active=False, detail="; ".join(exc.problems)[:400])
+            return
+        changed = [key for key in AgentConfig.model_fields if getattr(new, key) != getattr(self.cfg, key)]
+        applied = [key for key in changed if key in LIVE_SECTIONS]
+        later = [key for key in changed if key not in LIVE_SECTIONS]
+        merged = self.cfg.model_copy(update={key: getattr(new, key) for key in applied})
+        self.cfg = self.core.cfg = merged
+        self.core.policy.cfg = merged.reporting
+        if self.panic is not None:
+            self.panic.cfg = merged
+        if "log_level" in applied:
+            logging.getLogger().setLevel(merged.log_level)
+        detail = f"applied: {', '.join(applied) or 'nothing'}; needs a restart: {', '.join(later) or 'nothing'}"
+        log.info("config reloaded: %s", detail)
+        self.core.event("config_reloaded", "config", active=True, detail=detail)
 
     def run(self) -> None:
         self.core.run()
@@ -97,6 +129,7 @@ class Agent:
 
     def shutdown(self) -> None:
         """Sources first; then flush the outbox and say offline."""
+        self.core.notifier.stopping()
         self.reader.stop()
         for pin in self.pins.values():
             pin.close()
@@ -124,14 +157,15 @@ def open_gpio(cfg: AgentConfig, events: queue.Queue[Any], core: Core,
     return pins, feedback
 
 
-def run(cfg: AgentConfig) -> int:
-    agent = Agent(cfg)
+def run(cfg: AgentConfig, config_path: Path | None = None) -> int:
+    agent = Agent(cfg, config_path=config_path)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         agent.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, lambda _s, _f: agent.events.put("reload"))
     agent.start()
     try:
         agent.run()

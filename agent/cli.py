@@ -137,8 +137,56 @@ def _status(args: argparse.Namespace) -> int:
     if not reply or not reply[-1].get("ok"):
         print(f"error: {reply[-1].get('error') if reply else 'no answer'}")
         return 1
-    print(json.dumps(reply[-1]["status"], indent=2))
+    if args.json:
+        print(json.dumps(reply[-1]["status"], indent=2))
+        return 0
+    from agent.tui import console, render_status
+
+    console().print(render_status(reply[-1]["status"]))  # type: ignore[arg-type]
     return 0
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from agent.tui import monitor
+
+    return monitor(_runtime_dir(args), once=args.once)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from agent import doctor
+
+    report = doctor.run(Path(args.config), serial_seconds=args.serial_seconds)
+    if args.json:
+        print(json.dumps([c.as_dict() for c in report.checks], indent=2))
+    else:
+        from agent.tui import console, render_doctor
+
+        out = console()
+        if out.is_terminal:
+            out.print(render_doctor(report))
+        else:
+            for check in report.checks:
+                hint = f"  -> {check.hint}" if check.hint else ""
+                print(f"{check.result}  {check.name}: {check.detail}{hint}")
+    return 1 if report.failed else 0
+
+
+def _provision(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from agent import provision
+
+    try:
+        path = provision.write(args)
+    except (FileExistsError, ValidationError) as exc:
+        print(f"patrol-agent provision: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} (0640)")
+    if args.no_doctor:
+        return 0
+    args.config = str(path)
+    args.json = False
+    return _doctor(args)
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -247,7 +295,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="the running daemon's state")
     _daemon_options(status)
+    status.add_argument("--json", action="store_true")
     status.set_defaults(func=_status)
+
+    monitor = sub.add_parser("monitor", help="a live view of the unit (fix, link, outbox, inputs, alerts)")
+    _daemon_options(monitor)
+    monitor.add_argument("--once", action="store_true", help="print one frame and exit")
+    monitor.set_defaults(func=_monitor)
+
+    doctor = sub.add_parser("doctor", help="check the unit: config, receiver, GPIO, broker, clock, disk, service")
+    doctor.add_argument("--config", default=DEFAULT_CONFIG)
+    doctor.add_argument("--json", action="store_true")
+    doctor.add_argument("--serial-seconds", type=float, default=2.5, help="how long to listen to the receiver")
+    doctor.set_defaults(func=_doctor)
+
+    provision = sub.add_parser("provision", help="write this vehicle's config from flags, then run doctor")
+    provision.add_argument("--config", default=DEFAULT_CONFIG, help="where to write it")
+    provision.add_argument("--vehicle-id", required=True)
+    provision.add_argument("--unit", required=True)
+    provision.add_argument("--directorate", required=True)
+    provision.add_argument("--broker", action="append", required=True, help="mqtts://host:8883 (repeatable)")
+    provision.add_argument("--ca")
+    provision.add_argument("--cert")
+    provision.add_argument("--key")
+    provision.add_argument("--gnss-port", default="/dev/serial0")
+    provision.add_argument("--baudrate", type=int, default=9600)
+    provision.add_argument("--state-dir")
+    provision.add_argument("--runtime-dir")
+    provision.add_argument("--lab", action="store_true", help="lab set-up: allow plain TCP (warned at every start)")
+    provision.add_argument("--simulation", action="store_true", help="mock GPIO")
+    provision.add_argument("--force", action="store_true", help="replace an existing config")
+    provision.add_argument("--no-doctor", action="store_true")
+    provision.add_argument("--serial-seconds", type=float, default=2.5)
+    provision.set_defaults(func=_provision)
 
     watch = sub.add_parser("watch", help="dispatch's view: print what the vehicles send")
     _broker_options(watch)

@@ -35,8 +35,10 @@ from agent.messages import (
     Status,
     TimeSource,
 )
+from agent.notify import Notifier
 from agent.outbox import Outbox, Row
 from agent.policy import ReportingPolicy
+from agent.system import snapshot
 from agent.topics import Topics
 from agent.uplink import LinkEvent, Uplink
 from drivers.gnss.fix import Fix
@@ -98,12 +100,18 @@ class Core:
         self._next_health = clock.monotonic() + cfg.health.interval_s
         self._next_expire = clock.monotonic() + 600
         self.handlers: dict[str, Callable[[ControlRequest], None]] = {"status": self._control_status}
+        if cfg.simulation:
+            self.handlers["debug_hang"] = self._control_hang
         self.on_tick: list[Callable[[float], None]] = []
         self.on_ack: list[Callable[[int], None]] = []
         self.on_edge: Callable[[Edge], None] = lambda edge: None
         self.on_alert_ack: Callable[[bytes], None] = lambda payload: None
         self.inputs: dict[str, bool] = {}
         self.override: tuple[float, float] | None = None  # (interval_s, until monotonic): set_reporting
+        self.notifier = Notifier()
+        self._last_watchdog = float("-inf")
+        self._last_status = float("-inf")
+        self.emergency_id: Callable[[], str | None] = lambda: None
         self.published = 0
 
     # --- building and enqueueing messages ----------------------------------------
@@ -194,9 +202,16 @@ class Core:
         log.info("reload requested, but this agent cannot reload")
 
     def tick(self) -> None:
-        while self.hang and not self.stopping:
+        while self.hang:  # a test's way to hang the loop: the watchdog pings must stop
             time.sleep(0.05)
         now = self.clock.monotonic()
+        interval = self.notifier.watchdog_interval_s
+        if interval is not None and now - self._last_watchdog >= interval:
+            self._last_watchdog = now
+            self.notifier.watchdog()  # from the loop itself: a hung loop stops the pings
+        if now - self._last_status >= 10:
+            self._last_status = now
+            self.notifier.status(self.status_line())
         self.outbox.tick()
         for hook in self.on_tick:
             hook(now)
@@ -384,6 +399,18 @@ class Core:
 
     # --- health and control ---------------------------------------------------------
 
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= and the technicians."""
+        uplink = self.uplink
+        link = "link up" if uplink is not None and uplink.connected else "link down"
+        fix = self.last_fix
+        gnss = f"GNSS {fix.mode}D" if fix is not None and fix.has_position else f"GNSS {self.gnss_state.value}"
+        alert = self.emergency_id()
+        line = f"{link}, {gnss}, outbox {self.outbox.depth}"
+        if alert:
+            line += f", EMERGENCY {alert[:8]}"
+        return line + (f", faults {len(self.faults)}" if self.faults else "")
+
     def health_fields(self) -> dict[str, Any]:
         uplink = self.uplink
         now = self.clock.monotonic()
@@ -395,7 +422,8 @@ class Core:
                 "fix_age_s": None if self.last_position_at is None else round(now - self.last_position_at, 1),
                 "sats_used": self.last_fix.sats_used if self.last_fix else None}
         gnss.update(self.gnss_info())
-        return {"uptime_s": round(now - self.started, 1), "agent_version": __version__,
+        system = snapshot(self.cfg.state_dir, self.clock.system_synced())
+        return {"system": system,"uptime_s": round(now - self.started, 1), "agent_version": __version__,
                 "outbox": self.outbox.stats(), "gnss": gnss, "link": link, "inputs": dict(self.inputs),
                 "faults": sorted(set(self.faults) | set(self.outbox.faults)), "lab_mode": self.cfg.mqtt.lab_mode}
 
@@ -414,7 +442,15 @@ class Core:
             log.exception("control command %s failed", req.cmd)
             req.finish({"ok": False, "error": str(exc)})
 
+    def _control_hang(self, req: ControlRequest) -> None:
+        """Simulation only: make the core loop hang, as a bug would (watchdog tests)."""
+        req.finish({"ok": True})
+        self.hang = True
+
     def _control_status(self, req: ControlRequest) -> None:
         state = self.health_fields()
         state["vehicle"] = self.cfg.vehicle.model_dump()
+        state["status_line"] = self.status_line()
+        state["inputs"] = dict(self.inputs)
+        state["emergency"] = self.emergency_id()
         req.finish({"ok": True, "status": state})

@@ -149,7 +149,7 @@ class InputEvent(Message):
     """``<prefix>/<vehicle>/event``: an input changed, or a fault was raised or cleared."""
 
     kind: Literal["event"] = "event"
-    event: Literal["input", "fault", "fault_cleared", "command_rejected"]
+    event: Literal["input", "fault", "fault_cleared", "command_rejected", "config_reloaded"]
     name: str = Field(description="input name (ignition, door...) or fault code (outbox_corrupt...)")
     active: bool | None = None
     detail: str | None = None

@@ -103,9 +103,9 @@ class Panic:
         core.on_ack.append(self.on_row_acked)
         core.on_edge = self.on_edge
         core.on_alert_ack = self.on_dispatch
+        core.emergency_id = lambda: None if self.emergency is None else self.emergency.alert_id
         for name, button in self.buttons.items():
-            if not button.panic:
-                core.inputs[name] = button.debounce.state
+            core.inputs[name] = button.debounce.state
         core.handlers.update(panic_test=self._control_test, sim_press=self._control_press,
                              sim_release=self._control_release, alert=self._control_alert)
         core.emergency_reporting = lambda: self.emergency is not None and not self.emergency.test  # type: ignore[method-assign]
@@ -263,6 +263,7 @@ class Panic:
                 self._changed(button, active, at)
 
     def _changed(self, button: Button, active: bool, at: float) -> None:
+        self.core.inputs[button.cfg.name] = active
         if not button.panic:
             self._digital(button, active)
             return
@@ -305,7 +306,6 @@ class Panic:
     def _digital(self, button: Button, active: bool) -> None:
         cfg = button.cfg
         assert isinstance(cfg, DigitalInputConfig)
-        self.core.inputs[cfg.name] = active
         self.core.event("input", cfg.name, active=active)
         if cfg.kind == "ignition":
             self.core.report_position("ignition_on" if active else "ignition_off", None)

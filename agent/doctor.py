@@ -1,0 +1,386 @@
+"""``patrol-agent doctor``: is this unit fit for duty? Each check PASS / WARN / FAIL with a hint.
+
+Runs in the CLI process, as the technician fitting the unit. It reads the
+config, the receiver (with baud-rate detection), the GPIO chip, and walks to
+the broker step by step (DNS, TCP, TLS, MQTT authentication) so that
+"certificate expired" is told apart from "connection refused". When the
+daemon is running it holds the serial port: the receiver's state is then
+asked of the daemon through its control socket.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import ssl
+import stat
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.clock import system_clock_synced
+from agent.config import BAUD_RATES, AgentConfig, load
+from agent.errors import ConfigError
+from agent.uplink import Broker, tls_context
+from drivers.gnss import NmeaDecoder
+
+PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+
+
+@dataclass
+class Check:
+    name: str
+    result: str
+    detail: str
+    hint: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"check": self.name, "result": self.result, "detail": self.detail, "hint": self.hint}
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+
+    def add(self, name: str, result: str, detail: str, hint: str = "") -> Check:
+        check = Check(name, result, detail, hint)
+        self.checks.append(check)
+        return check
+
+    @property
+    def failed(self) -> bool:
+        return any(c.result == FAIL for c in self.checks)
+
+
+# --- config and files -----------------------------------------------------------
+
+
+def check_files(report: Report, config_path: Path, cfg: AgentConfig) -> None:
+    mode = stat.S_IMODE(config_path.stat().st_mode)
+    if mode & 0o002:
+        report.add("config permissions", FAIL, f"{config_path} is world-writable ({mode:04o})",
+                   f"chmod 0640 {config_path}")
+    elif mode & 0o004 and cfg.mqtt.password is not None:
+        report.add("config permissions", FAIL, f"{config_path} holds a password and is world-readable ({mode:04o})",
+                   f"chmod 0640 {config_path}; chown root:patrol-agent {config_path}")
+    else:
+        report.add("config permissions", PASS, f"{config_path} {mode:04o}")
+    tls = cfg.mqtt.tls
+    for label, path in (("CA file", tls.ca_file), ("client certificate", tls.cert_file)):
+        if path is not None and not path.exists():
+            report.add(label, FAIL, f"{path} does not exist", "patrol-agent provision --ca/--cert ...")
+    if tls.key_file is not None:
+        if not tls.key_file.exists():
+            report.add("private key", FAIL, f"{tls.key_file} does not exist", "patrol-agent provision --key ...")
+        else:
+            key_mode = stat.S_IMODE(tls.key_file.stat().st_mode)
+            if key_mode & 0o004:
+                report.add("private key", FAIL, f"{tls.key_file} is world-readable ({key_mode:04o})",
+                           f"chmod 0640 {tls.key_file}; chown root:patrol-agent {tls.key_file}")
+            elif key_mode & 0o022:
+                report.add("private key", FAIL, f"{tls.key_file} is writable by others ({key_mode:04o})",
+                           f"chmod 0640 {tls.key_file}")
+            else:
+                report.add("private key", PASS, f"{tls.key_file} {key_mode:04o}")
+    if tls.cert_file is not None and tls.cert_file.exists():
+        check_certificate(report, tls.cert_file, cfg.vehicle.id)
+
+
+def check_certificate(report: Report, path: Path, vehicle_id: str) -> None:
+    try:
+        info: dict[str, Any] = ssl._ssl._test_decode_cert(str(path))  # type: ignore[attr-defined]
+    except (ssl.SSLError, OSError, AttributeError) as exc:
+        report.add("client certificate", FAIL, f"{path}: unreadable ({exc})")
+        return
+    not_after = ssl.cert_time_to_seconds(info["notAfter"])
+    subject = dict(item for rdn in info.get("subject", ()) for item in rdn)
+    cn = subject.get("commonName")
+    if not_after < time.time():
+        report.add("client certificate", FAIL, f"expired on {info['notAfter']}", "ask the fleet PKI for a new one")
+    elif cn != vehicle_id:
+        report.add("client certificate", FAIL, f"issued to {cn!r}, this vehicle is {vehicle_id!r}",
+                   "install this vehicle's own certificate")
+    elif not_after - time.time() < 30 * 86400:
+        report.add("client certificate", WARN, f"expires on {info['notAfter']}", "renew it soon")
+    else:
+        report.add("client certificate", PASS, f"CN={cn}, valid until {info['notAfter']}")
+
+
+# --- the receiver ---------------------------------------------------------------
+
+
+def probe_serial(port: str, baudrate: int, seconds: float) -> tuple[int, int, Any]:
+    """(bytes read, valid sentences, the last fix) at one baud rate."""
+    import serial
+
+    decoder = NmeaDecoder()
+    got = 0
+    last = None
+    with serial.serial_for_url(port, baudrate=baudrate, timeout=0, exclusive=True) as ser:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([ser.fileno()], [], [], 0.1)
+            if ready:
+                data = ser.read(ser.in_waiting or 1)
+                got += len(data)
+                for fix in decoder.feed(data):
+                    last = fix
+                if decoder.counters.sentences >= 10 and last is not None:
+                    break
+        for fix in decoder.flush():
+            last = fix
+    return got, decoder.counters.sentences, last
+
+
+def check_gnss(report: Report, cfg: AgentConfig, daemon: Callable[[], dict[str, Any] | None],
+               seconds: float = 2.5) -> None:
+    port = cfg.gnss.port
+    if "://" not in port and not os.path.exists(port):
+        report.add("GNSS device", FAIL, f"{port} does not exist",
+                   "receiver unplugged or not powered? check the cable, `ls /dev/serial/by-id/`, gnss.port")
+        return
+    try:
+        got, sentences, fix = probe_serial(port, cfg.gnss.baudrate, seconds)
+    except Exception as exc:  # serial raises several kinds
+        status = daemon()  # the running agent holds the port (exclusively): ask it instead
+        if status is not None:
+            gnss = status.get("gnss", {})
+            result = PASS if gnss.get("state") in ("fix", "no_fix") else FAIL
+            report.add("GNSS device", result, f"in use by the running agent: {gnss.get('state')}, "
+                       f"{gnss.get('sentences')} sentences")
+            report.add("GNSS fix", PASS if gnss.get("state") == "fix" else WARN,
+                       f"mode {gnss.get('mode')}, {gnss.get('sats_used')} satellites (from the agent)")
+            return
+        report.add("GNSS device", FAIL, f"cannot open {port}: {exc}", "permission? the service user is in dialout")
+        return
+    if sentences:
+        report.add("GNSS device", PASS, f"NMEA flowing at {cfg.gnss.baudrate} baud ({sentences} sentences)")
+        report_fix(report, fix)
+        return
+    found = None
+    for rate in (r for r in BAUD_RATES if r != cfg.gnss.baudrate):
+        _, rate_sentences, rate_fix = probe_serial(port, rate, 1.5)
+        if rate_sentences:
+            found = (rate, rate_fix)
+            break
+    if found is not None:
+        report.add("GNSS device", FAIL, f"no NMEA at {cfg.gnss.baudrate} baud; found NMEA at {found[0]} baud",
+                   f"set gnss.baudrate: {found[0]}")
+        report_fix(report, found[1])
+    elif got:
+        report.add("GNSS device", FAIL, f"{got} bytes but no NMEA at any baud rate",
+                   "a receiver speaking a binary protocol (UBX?) or a broken line")
+    else:
+        report.add("GNSS device", FAIL, f"no data from {port} in {seconds:g} s",
+                   "receiver off, or TX not wired to the unit's RX")
+
+
+def report_fix(report: Report, fix: Any) -> None:
+    if fix is not None and fix.has_position:
+        report.add("GNSS fix", PASS, f"{fix.mode}D fix, {fix.sats_used or '?'} satellites, HDOP {fix.hdop}")
+    else:
+        report.add("GNSS fix", WARN, "no fix yet", "under open sky a cold start takes up to a minute")
+
+
+# --- GPIO -----------------------------------------------------------------------
+
+
+def check_gpio(report: Report, cfg: AgentConfig) -> None:
+    if cfg.simulation:
+        report.add("GPIO", PASS, "simulation: mock pins")
+        return
+    chips = sorted(Path("/dev").glob("gpiochip*"))
+    if not chips:
+        report.add("GPIO", FAIL, "no /dev/gpiochip*", "not a Raspberry Pi, or the GPIO driver is not loaded")
+        return
+    if not all(os.access(chip, os.R_OK | os.W_OK) for chip in chips):
+        report.add("GPIO", WARN, f"{chips[0]} not accessible to this user",
+                   "the service user is in the gpio group; run doctor as root or that user")
+        return
+    pins = [i.pin for i in (*cfg.inputs.panic_buttons, *cfg.inputs.digital)]
+    report.add("GPIO", PASS, f"{len(chips)} chip(s); pins in use: {', '.join(map(str, pins)) or 'none'}")
+
+
+# --- the broker, step by step ----------------------------------------------------------
+
+
+def _connect_packet(client_id: str, username: str | None, password: str | None, keepalive: int = 10) -> bytes:
+    def text(value: str) -> bytes:
+        raw = value.encode()
+        return struct.pack("!H", len(raw)) + raw
+
+    flags = 0x02 | (0x80 if username else 0) | (0x40 if password else 0)
+    body = text("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + text(client_id)
+    if username:
+        body += text(username)
+    if password:
+        body += text(password)
+    length = b""
+    n = len(body)
+    while True:
+        byte, n = n % 128, n // 128
+        length += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            break
+    return b"\x10" + length + body
+
+
+CONNACK = {1: "unacceptable protocol version", 2: "client id rejected", 3: "server unavailable",
+           4: "bad user name or password", 5: "not authorized"}
+
+
+def check_broker(report: Report, cfg: AgentConfig, url: str, timeout: float = 5.0) -> None:
+    broker = Broker.parse(url)
+    name = f"broker {broker.host}:{broker.port}"
+    try:
+        addresses = socket.getaddrinfo(broker.host, broker.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        report.add(f"{name} DNS", FAIL, f"cannot resolve {broker.host}: {exc.strerror}", "check the name and DNS")
+        return
+    report.add(f"{name} DNS", PASS, f"{broker.host} -> {addresses[0][4][0]}")
+    try:
+        sock: Any = socket.create_connection((broker.host, broker.port), timeout=timeout)
+    except ConnectionRefusedError:
+        report.add(f"{name} TCP", FAIL, "connection refused", "broker down, or wrong port")
+        return
+    except OSError as exc:
+        report.add(f"{name} TCP", FAIL, f"no connection: {exc.strerror or exc}", "no route: APN, firewall, SIM?")
+        return
+    report.add(f"{name} TCP", PASS, "connected")
+    try:
+        if broker.tls:
+            try:
+                sock = tls_context(cfg.mqtt).wrap_socket(sock, server_hostname=broker.host)
+            except ssl.SSLCertVerificationError as exc:
+                report.add(f"{name} TLS", FAIL, f"TLS handshake failed: the broker's certificate is not trusted: "
+                           f"{exc.verify_message}", "wrong CA file (mqtt.tls.ca_file), or wrong broker name")
+                return
+            except ssl.SSLError as exc:
+                report.add(f"{name} TLS", FAIL, f"TLS handshake failed: {_tls_reason(exc)}", _tls_hint(exc))
+                return
+            except OSError as exc:
+                report.add(f"{name} TLS", FAIL, f"TLS handshake failed: {exc}", "is this a TLS port?")
+                return
+            report.add(f"{name} TLS", PASS, f"{sock.version()}, broker certificate verified")
+        elif cfg.mqtt.lab_mode:
+            report.add(f"{name} TLS", WARN, "plain TCP (lab mode)", "never in a vehicle: use mqtts://")
+        else:
+            report.add(f"{name} TLS", FAIL, "plain TCP", "use mqtts:// (or lab_mode for a lab)")
+        password = cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None
+        client_id = f"{cfg.mqtt.client_id or 'patrol-' + cfg.vehicle.id}-doctor"
+        try:
+            sock.settimeout(timeout)
+            sock.sendall(_connect_packet(client_id, cfg.mqtt.username, password))
+            reply = sock.recv(4)
+        except ssl.SSLError as exc:
+            report.add(f"{name} MQTT", FAIL, f"the broker refused our certificate: {_tls_reason(exc)}", _tls_hint(exc))
+            return
+        except OSError as exc:
+            report.add(f"{name} MQTT", FAIL, f"no answer to CONNECT: {exc}", "broker overloaded, or not MQTT")
+            return
+        if len(reply) < 4 or reply[0] != 0x20:
+            report.add(f"{name} MQTT", FAIL, "the broker closed the connection on CONNECT",
+                       "certificate or client id refused: see the broker's log")
+        elif reply[3] != 0:
+            report.add(f"{name} MQTT", FAIL, f"authentication failed: {CONNACK.get(reply[3], reply[3])}",
+                       "check the certificate's CN / user name and the broker's ACL")
+        else:
+            report.add(f"{name} MQTT", PASS, "authenticated (CONNACK accepted)")
+            sock.sendall(b"\xe0\x00")  # DISCONNECT
+    finally:
+        sock.close()
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    text = str(exc.reason or exc).lower().replace("_", " ")
+    for marker in ("sslv3 alert ", "tlsv13 alert ", "tlsv1 alert "):
+        if marker in text:
+            return text.split(marker, 1)[1]
+    return text
+
+
+def _tls_hint(exc: ssl.SSLError) -> str:
+    reason = _tls_reason(exc)
+    if "expired" in reason:
+        return "the client certificate has expired: install a renewed one"
+    if "unknown ca" in reason or "bad certificate" in reason or "certificate required" in reason:
+        return "the broker does not accept this vehicle's certificate (another CA?)"
+    if "revoked" in reason:
+        return "this vehicle's certificate has been revoked"
+    return "see the broker's log"
+
+
+# --- the rest -----------------------------------------------------------------------
+
+
+def check_clock(report: Report) -> None:
+    synced = system_clock_synced()
+    if synced is None:
+        report.add("clock", WARN, "cannot ask the kernel", "")
+    elif synced:
+        report.add("clock", PASS, "synchronised")
+    else:
+        report.add("clock", WARN, "not synchronised", "no NTP yet: messages use GNSS time once there is a fix")
+
+
+def check_disk(report: Report, cfg: AgentConfig) -> None:
+    path = cfg.state_dir if cfg.state_dir.exists() else cfg.state_dir.parent
+    try:
+        vfs = os.statvfs(path)
+    except OSError as exc:
+        report.add("disk", FAIL, f"{path}: {exc.strerror}")
+        return
+    free = vfs.f_bavail * vfs.f_frsize
+    need = cfg.outbox.max_bytes * 2
+    result = PASS if free >= need else (WARN if free >= cfg.outbox.max_bytes // 4 else FAIL)
+    detail = f"{free / 1e6:,.0f} MB free for the outbox (bounded at {cfg.outbox.max_bytes / 1e6:g} MB)"
+    report.add("disk", result, detail, "" if result == PASS else "free space on the SD card")
+
+
+def check_service(report: Report, daemon: Callable[[], dict[str, Any] | None]) -> None:
+    status = daemon()
+    if status is not None:
+        report.add("service", PASS, f"running: {status.get('status_line', '')}")
+        return
+    import shutil
+    import subprocess
+
+    if shutil.which("systemctl") and Path("/run/systemd/system").exists():
+        state = subprocess.run(["systemctl", "is-active", "patrol-agent"], capture_output=True, text=True).stdout
+        report.add("service", WARN, f"not answering (systemd says {state.strip() or 'unknown'})",
+                   "journalctl -u patrol-agent -e")
+    else:
+        report.add("service", WARN, "not running", "systemctl start patrol-agent")
+
+
+def run(config_path: Path, *, serial_seconds: float = 2.5) -> Report:
+    report = Report()
+    try:
+        cfg = load(config_path)
+    except ConfigError as exc:
+        report.add("config", FAIL, "; ".join(exc.problems)[:300], f"patrol-agent config check {config_path}")
+        return report
+    report.add("config", PASS, f"{config_path}: vehicle {cfg.vehicle.id}")
+    check_files(report, config_path, cfg)
+
+    def daemon() -> dict[str, Any] | None:
+        from agent.control import request
+
+        try:
+            reply = list(request(cfg.runtime_dir, "status", timeout=2))
+        except OSError:
+            return None
+        return reply[-1].get("status") if reply else None
+
+    check_gnss(report, cfg, daemon, serial_seconds)
+    check_gpio(report, cfg)
+    for url in cfg.mqtt.brokers:
+        check_broker(report, cfg, url)
+    check_clock(report)
+    check_disk(report, cfg)
+    check_service(report, daemon)
+    return report

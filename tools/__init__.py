@@ -1,0 +1,1 @@
+"""Set-up, demo and PKI scripts (importable by the tests)."""
