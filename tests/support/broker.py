@@ -93,3 +93,23 @@ class Mosquitto:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def tls_listener(port: int, pki: Path, *, require_certificate: bool = True, acl: Path | None = None,
+                 crl: Path | None = None) -> str:
+    """mosquitto config for a TLS listener with client certificates, as the reference config has."""
+    lines = [
+        f"listener {port} 127.0.0.1",
+        f"cafile {pki / 'ca.crt'}",
+        f"certfile {pki / 'broker.crt'}",
+        f"keyfile {pki / 'broker.key'}",
+        "tls_version tlsv1.2",
+        f"require_certificate {'true' if require_certificate else 'false'}",
+        "use_identity_as_username true",
+        "allow_anonymous false" if require_certificate else "allow_anonymous true",
+    ]
+    if crl is not None:
+        lines.append(f"crlfile {crl}")
+    if acl is not None:
+        lines.append(f"acl_file {acl}")
+    return "\n".join(lines) + "\n"
