@@ -35,7 +35,9 @@ def put(box: Outbox, priority: int, n: int = 1) -> list[int]:
     return ids
 
 
-def disk_ids(path: Path) -> list[int]:
+def disk_ids(path: Path, *, alerts: bool = False) -> list[int]:
+    if alerts:
+        path = path.with_name(f"{path.stem}-alerts{path.suffix}")
     with sqlite3.connect(path) as db:
         return [r[0] for r in db.execute("SELECT id FROM outbox ORDER BY id")]
 
@@ -55,7 +57,8 @@ def test_an_alert_is_on_disk_when_accept_returns(tmp_path: Path) -> None:
     box = make(tmp_path)
     put(box, Priority.POSITION, 2)
     alert = put(box, Priority.ALERT)
-    assert disk_ids(box.path) == alert  # telemetry still within its window, the alert already committed
+    assert disk_ids(box.path) == []  # telemetry still within its window ...
+    assert disk_ids(box.path, alerts=True) == alert  # ... the alert already committed, in its own file
 
 
 def test_a_row_leaves_only_when_acknowledged(tmp_path: Path) -> None:
@@ -104,7 +107,7 @@ def test_full_outbox_evicts_oldest_telemetry_never_alerts(tmp_path: Path) -> Non
     box.flush()
     on_disk = disk_ids(box.path)
     assert len(on_disk) <= 100
-    assert set(early_alerts + late_alert) <= set(on_disk)
+    assert disk_ids(box.path, alerts=True) == early_alerts + late_alert
     kept = [i for i in on_disk if i in telemetry]
     assert kept == telemetry[-len(kept):]  # the newest survive
     assert box.evictions == 150 - len(kept)
@@ -123,7 +126,7 @@ def test_old_telemetry_expires(tmp_path: Path) -> None:
     fresh = put(box, Priority.POSITION)
     box.flush()
     box.expire()
-    assert disk_ids(box.path) == sorted(alert + fresh)
+    assert disk_ids(box.path) == fresh and disk_ids(box.path, alerts=True) == alert
     assert box.evictions == len(old)
 
 
@@ -137,7 +140,7 @@ def test_corrupt_database_is_moved_aside_and_reported(tmp_path: Path) -> None:
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not a database")
     assert faults and faults[0][0] == "outbox_corrupt" and aside[0].name in faults[0][1]
     ids = put(box, Priority.ALERT)
-    assert disk_ids(path) == ids
+    assert disk_ids(path, alerts=True) == ids
 
 
 def test_sequence_numbers_are_never_reused_even_without_a_clean_close(tmp_path: Path) -> None:
@@ -161,7 +164,7 @@ def test_disk_full_keeps_alerts_and_drops_telemetry(tmp_path: Path) -> None:
     put(box, Priority.POSITION, 400)
     box.flush()
     alert = put(box, Priority.ALERT)
-    assert alert[0] in disk_ids(box.path)
+    assert alert[0] in disk_ids(box.path, alerts=True)
     assert "disk_full" in box.faults and box.evictions > 0
 
 

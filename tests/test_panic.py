@@ -288,7 +288,7 @@ def test_with_the_broker_down_an_alert_is_fsynced_at_once_and_published_first(
         time.sleep(1.5)  # a backlog of positions builds up
         accepted = agent.first_reply("panic_test")
         assert accepted["stage"] == "accepted"
-        with sqlite3.connect(tmp_path / "state" / "outbox.sqlite") as db:  # a second reader, as after a crash
+        with sqlite3.connect(tmp_path / "state" / "outbox-alerts.sqlite") as db:  # a second reader, as after a crash
             rows = db.execute("SELECT priority FROM outbox WHERE id = ?", (accepted["seq"],)).fetchall()
         assert rows == [(0,)], "accepted means on disk"
         time.sleep(1.5)
