@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent import logs
+from agent import logs, security
 from agent.clock import Clock
 from agent.config import AgentConfig, load
 from agent.control import ControlServer
@@ -42,6 +42,14 @@ def main(config_path: Path) -> int:
             print(problem, file=sys.stderr)
         return 2
     logs.setup(cfg.log_level)
+    insecure = security.problems(cfg)
+    if insecure and not cfg.mqtt.lab_mode:
+        for problem in insecure:
+            print(f"refusing to start: {problem}", file=sys.stderr)
+        print("(for a lab set-up only: mqtt.lab_mode: true)", file=sys.stderr)
+        return 2
+    for problem in insecure:
+        log.warning("LAB MODE: %s", problem)
     return run(cfg, config_path)
 
 

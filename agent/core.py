@@ -425,7 +425,9 @@ class Core:
         system = snapshot(self.cfg.state_dir, self.clock.system_synced())
         return {"system": system,"uptime_s": round(now - self.started, 1), "agent_version": __version__,
                 "outbox": self.outbox.stats(), "gnss": gnss, "link": link, "inputs": dict(self.inputs),
-                "faults": sorted(set(self.faults) | set(self.outbox.faults)), "lab_mode": self.cfg.mqtt.lab_mode}
+                "faults": sorted(set(self.faults) | set(self.outbox.faults) | ({"lab_mode"} if self.cfg.mqtt.lab_mode
+                                                                                  else set())),
+                "lab_mode": self.cfg.mqtt.lab_mode}
 
     def send_health(self) -> None:
         fields = self.health_fields()
