@@ -40,6 +40,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config import MqttConfig
 
@@ -340,7 +341,10 @@ class Uplink:
             log.warning("%s refused the connection: %s", broker.url, rc)
             return
         for topic in self._subscriptions:
-            client.subscribe(topic, qos=1)
+            if self._cfg.protocol == "5":  # keep the retain flag as published: retained commands are refused
+                client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
+            else:
+                client.subscribe(topic, qos=1)
         with self._lock:
             self.connected = True
             self.connected_since = self._clock()

@@ -67,7 +67,10 @@ def xor_bytes(data: bytes) -> int:
 
 def checksum_ok(line: str) -> bool:
     body, _, given = line[1:].rpartition("*")
-    return xor_bytes(body.encode("ascii")) == int(given, 16)
+    try:
+        return xor_bytes(body.encode("ascii")) == int(given, 16)
+    except (ValueError, UnicodeEncodeError):
+        return False
 
 
 def parse_line(line: str) -> Observation | None:
