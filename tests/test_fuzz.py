@@ -23,7 +23,7 @@ FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 def decode_in_chunks(data: bytes, cuts: list[int]) -> NmeaDecoder:
     decoder = NmeaDecoder()
     start = 0
-    for cut in sorted(c % (len(data) + 1) for c in cuts) + [len(data)]:
+    for cut in [*sorted(c % (len(data) + 1) for c in cuts), len(data)]:
         decoder.feed(data[start:cut])
         start = max(start, cut)
     decoder.flush(end_of_stream=True)
@@ -97,7 +97,7 @@ def test_arbitrary_json_commands_are_checked_before_anything_runs(args: object, 
     body = {"command_id": "c-1", "vehicle_id": "PV-1", "verb": verb, "args": args,
             "issued_at": "2026-11-25T07:59:00Z", "expires_at": "2026-11-25T08:05:00Z"}
     try:
-        command, checked = parse(json.dumps(body).encode(), retained=False, vehicle_id="PV-1", now=NOW)
+        command, _checked = parse(json.dumps(body).encode(), retained=False, vehicle_id="PV-1", now=NOW)
     except CommandRejected:
         return
     assert command.verb in ("ping", "set_reporting", "ack_alert")
