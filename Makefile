@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint types unit bench soak clean api-docs
+.PHONY: setup demo test lint types unit bench soak clean api-docs install uninstall
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,15 @@ bench: setup
 	$(BIN)/python benchmarks/gnss_reader_cpu.py
 	$(BIN)/python benchmarks/outbox_drain.py
 	$(BIN)/python benchmarks/disk_writes.py
+
+soak: setup
+	$(BIN)/python tools/soak.py
+
+install:
+	PY=$(PY) tools/install.sh
+
+uninstall:
+	tools/install.sh --uninstall
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

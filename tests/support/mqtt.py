@@ -66,6 +66,18 @@ class Collector:
                 self._cond.wait(left)
             return list(self.messages)
 
+    def wait_quiet(self, seconds: float = 2.0, timeout: float = 30.0) -> list[Received]:
+        """Until nothing has arrived for ``seconds`` (the backlog has drained)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._cond:
+                last = self.messages[-1].at if self.messages else 0.0
+            if time.monotonic() - last >= seconds:
+                break
+            time.sleep(0.1)
+        with self._cond:
+            return list(self.messages)
+
     def on(self, suffix: str) -> list[Received]:
         with self._cond:
             return [m for m in self.messages if m.topic.endswith(suffix)]
