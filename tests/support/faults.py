@@ -230,8 +230,12 @@ def unplug(workdir: Path, rounds: int) -> Outcome:
                 device.unplug()
                 time.sleep(0.5 + (i % 3) / 2)
                 device.plug()
-                before = len(positions(collector.messages))
-                collector.wait_for(lambda m, n=before: len(positions(m)) > n + 2, timeout=15)
+                wanted = len(positions(collector.messages)) + 3
+
+                def resumed(messages: list[Received], wanted: int = wanted) -> bool:
+                    return len(positions(messages)) >= wanted
+
+                collector.wait_for(resumed, timeout=15)
             faults = [m.json() for m in collector.messages if m.topic.endswith("/event")]
         finally:
             feeder.stop()
