@@ -211,3 +211,23 @@ def test_corrupt_outbox_at_start_is_moved_aside_and_reported(
     assert any(f["event"] == "fault" and f["name"] == "outbox_corrupt" for f in faults)
     aside = list(state.glob("outbox.sqlite.corrupt-*"))
     assert aside and aside[0].read_bytes().startswith(b"SQLite format 3")
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_both_protocols_and_broker_rotation(
+        tmp_path: Path, broker: Mosquitto, gnss_pty: PtyGnss, dispatch: Collector, protocol: str) -> None:
+    """Injected: the first broker in the list is dead; the agent must rotate to the second."""
+    from tests.support.broker import free_port
+
+    cfg = agent_config(tmp_path, broker.port, gnss_pty.path, mqtt__protocol=protocol)
+    cfg["mqtt"]["brokers"] = [f"mqtt://127.0.0.1:{free_port()}", f"mqtt://127.0.0.1:{broker.port}"]
+    agent = AgentProcess(tmp_path, cfg)
+    agent.start()
+    feeder = GnssFeeder(gnss_pty, rate_hz=5).start()
+    try:
+        dispatch.wait_for(lambda m: len(positions(m)) >= 3, timeout=15)
+        status = agent.ask("status")[-1]["status"]
+    finally:
+        feeder.stop()
+        agent.kill9()
+    assert status["link"]["broker"] == f"mqtt://127.0.0.1:{broker.port}"
