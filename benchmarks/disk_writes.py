@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from drivers.gnss.simulate import track  # noqa: E402
+from drivers.gnss.simulate import play  # noqa: E402
 from tests.support.agent_proc import AgentProcess, agent_config  # noqa: E402
 from tests.support.broker import Mosquitto, free_port  # noqa: E402
 from tests.support.mqtt import Collector  # noqa: E402
@@ -43,27 +43,17 @@ def measure(workdir: Path, seconds: float, *, online: bool) -> tuple[int, int]:
     if online:
         broker.start()
     device = PtyGnss(workdir / "gnss")
-    cfg = agent_config(workdir, port, device.path, reporting__moving_interval_s=1.0,
-                       reporting__stopped_interval_s=1.0, health__interval_s=300, log_level="WARNING")
+    cfg = agent_config(workdir, port, device.path, reporting__moving_interval_s=0.9,
+                       reporting__stopped_interval_s=0.9, health__interval_s=300, log_level="WARNING")
     cfg["reporting"]["emergency_interval_s"] = 1.0
     agent = AgentProcess(workdir, cfg)
     collector = Collector(broker.port, "patrol/#", client_id="bench-disk") if online else None
     stop = threading.Event()
 
-    def feed() -> None:
-        began = time.monotonic()
-        for t, text in track(laps=100, rate_hz=1.0):
-            if stop.is_set():
-                return
-            delay = began + t - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            device.write(text)
-
     try:
         agent.start()
         assert agent.proc is not None
-        threading.Thread(target=feed, daemon=True).start()
+        threading.Thread(target=play, args=(device.write, stop), daemon=True).start()
         time.sleep(5)  # start-up writes (schema, first sequence block) are not the steady state
         before = write_bytes(agent.proc.pid)
         time.sleep(seconds)

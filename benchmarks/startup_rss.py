@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from drivers.gnss.simulate import track
+from drivers.gnss.simulate import play
 from tests.support.agent_proc import AgentProcess, agent_config
 from tests.support.broker import Mosquitto
 from tests.support.mqtt import Collector
@@ -35,15 +35,6 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def play(device: PtyGnss, stop: threading.Event) -> None:
-    began = time.monotonic()
-    for t, text in track(laps=100, rate_hz=1.0):
-        if stop.is_set():
-            return
-        delay = began + t - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        device.write(text)
 
 
 def main() -> None:
@@ -57,7 +48,7 @@ def main() -> None:
         broker.start()
         device = PtyGnss(base / "gnss")
         stop = threading.Event()
-        threading.Thread(target=play, args=(device, stop), daemon=True).start()
+        threading.Thread(target=play, args=(device.write, stop), daemon=True).start()
         startups = []
         try:
             for i in range(args.starts):

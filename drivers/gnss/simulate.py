@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 import os
 import random
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -144,6 +145,18 @@ def track(laps: int = 1, rate_hz: float = 1.0, start: datetime | None = None) ->
     start = start or datetime(2026, 11, 25, 8, 0, 0, tzinfo=UTC)
     for sample in drive(laps, rate_hz):
         yield sample.t, sentences(sample, start)
+
+
+def play(write: Callable[[str], object], stop: threading.Event, *, rate_hz: float = 1.0, laps: int = 100) -> None:
+    """Write the track's epochs with ``write`` at their real rate until ``stop`` is set."""
+    began = time.monotonic()
+    for t, text in track(laps, rate_hz):
+        if stop.is_set():
+            return
+        delay = began + t - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        write(text)
 
 
 def replay_to_pty(link: Path, *, rate_hz: float = 1.0, laps: int = 1000, realtime: bool = True) -> None:
