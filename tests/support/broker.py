@@ -52,6 +52,7 @@ class Mosquitto:
         self.conf.write_text(
             f"user {getpass.getuser()}\n"
             "persistence true\n"
+            "autosave_interval 1\n"  # a kill -9 loses at most a second of the broker's own state
             f"persistence_location {self.workdir}/\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\n"
