@@ -393,8 +393,8 @@ class Outbox:
         return True
 
     def _forget_read_ahead(self) -> None:
-        """Disk changed under the read-ahead: keep RAM rows, re-read the disk from the start."""
-        self._ready = [r for r in self._ram.values() if r.id not in self._leased]
+        """Disk changed under the read-ahead: keep RAM rows and alerts, re-read the disk from the start."""
+        self._ready = [r for r in (*self._ram.values(), *self._alert_rows.values()) if r.id not in self._leased]
         heapq.heapify(self._ready)
         self._in_ready = {r.id for r in self._ready}
         self._cursor = (-1, -1)

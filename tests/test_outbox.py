@@ -179,3 +179,12 @@ def test_lease_offers_each_row_once_until_released(tmp_path: Path, n: int) -> No
         box.ack([r.id for r in rows])
         box.tick()
     assert seen == ids
+
+
+def test_an_unsent_alert_survives_an_eviction_of_telemetry(tmp_path: Path) -> None:
+    box = make(tmp_path, max_messages=100)
+    alert = put(box, Priority.ALERT)
+    put(box, Priority.POSITION, 150)
+    box.flush()  # over the bound: telemetry evicted, the read-ahead rebuilt
+    assert box.evictions > 0
+    assert box.lease(1)[0].id == alert[0]
