@@ -157,7 +157,10 @@ def broker_restarts(workdir: Path, rounds: int) -> Outcome:
                 accept_test_alarm(agent, accepted)
                 time.sleep(1 + i % 3)
                 broker.start()
-                time.sleep(1.0)
+                # dispatch must be back before the next kill: otherwise the broker's kill -9 loses what it
+                # queued for an absent subscriber, which says nothing about the agent
+                collector.connected.wait(10)
+                time.sleep(1.5)
             time.sleep(2)
             feeder.stop()
             expected = {t for _, t in feeder.fed if t >= first}

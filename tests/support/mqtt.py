@@ -38,6 +38,7 @@ class Collector:
             self.client.tls_set(**tls)
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *_: self.connected.clear()
         self.connected = threading.Event()
         self.client.reconnect_delay_set(1, 1)
         self.client.connect(host, port, keepalive=10)
