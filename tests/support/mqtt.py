@@ -37,9 +37,9 @@ class Collector:
         if tls:
             self.client.tls_set(**tls)
         self.client.on_message = self._on_message
+        self.connected = threading.Event()
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *_: self.connected.clear()
-        self.connected = threading.Event()
         self.client.reconnect_delay_set(1, 1)
         self.client.connect(host, port, keepalive=10)
         self.client.loop_start()
