@@ -40,6 +40,7 @@ class Collector:
         self.connected = threading.Event()
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *_: self.connected.clear()
+        self.client.on_subscribe = self._on_subscribe
         self.client.reconnect_delay_set(1, 1)
         self.client.connect(host, port, keepalive=10)
         self.client.loop_start()
@@ -48,9 +49,10 @@ class Collector:
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
         if not rc.is_failure:
-            client.subscribe(self._topic, qos=1)
-            time.sleep(0.05)
-            self.connected.set()
+            client.subscribe(self._topic, qos=1)  # "connected" is set on the SUBACK, not before
+
+    def _on_subscribe(self, *_: Any) -> None:
+        self.connected.set()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self._cond:
