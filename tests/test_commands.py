@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -97,6 +98,9 @@ def test_over_mqtt_each_rejection_is_reported_and_a_ping_is_answered(
         broker: Mosquitto, running: RunningAgent) -> None:
     collector = Collector(broker.port, "patrol/PV-TEST-1/#", client_id="test-command-watch")
     try:
+        # the agent says online once connected and subscribed: commands sent before that would be lost
+        collector.wait_for(lambda m: any(x.topic.endswith("/status") and b"online" in x.payload for x in m))
+        time.sleep(0.3)
         now = datetime.now(UTC)
         fresh = {"issued_at": (now - timedelta(seconds=1)).isoformat(),
                  "expires_at": (now + timedelta(minutes=1)).isoformat()}

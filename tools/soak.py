@@ -82,9 +82,10 @@ Result: **{'zero alerts lost, zero sequence numbers reused' if ok else 'FAILURES
 
 {table(outcomes)}
 
-Notes: a broker killed with `kill -9` loses what it had acknowledged but not yet delivered to the
-subscriber (mosquitto persists only on a clean stop); that is the broker's durability, shown in the
-"telemetry lost" column of that row, not the agent's: the agent deletes a message only on PUBACK.
+Notes: the broker-restart scenario waits for the dispatch subscriber to be back before each kill: a
+broker killed with `kill -9` loses what it had queued for an absent subscriber (the test broker saves its
+state every second), which would measure mosquitto's persistence, not the agent. The agent deletes a
+message only on PUBACK; more positions than fixes are the at-least-once duplicates, told apart by seq.
 GPIO bounce and stuck buttons are injected in `tests/test_panic.py` (timed edges on mock pins).
 """
     args.out.write_text(text)
