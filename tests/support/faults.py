@@ -97,6 +97,18 @@ def telemetry_gaps(feeder: GnssFeeder, delivered: set[str], lifetimes: list[tupl
     return lost
 
 
+def settle(feeder: GnssFeeder, collector: Collector, accepted: list[str],
+           first: str) -> tuple[list[Received], list[str]]:
+    """Stop feeding; wait for the accepted alerts and for the backlog to drain; return what arrived and
+    the fixes (fed after the first delivered one) that never did."""
+    time.sleep(2)
+    feeder.stop()
+    with contextlib.suppress(TimeoutError):
+        collector.wait_for(lambda m: set(accepted) <= alert_ids(m), timeout=60)
+    messages = collector.wait_quiet(2.0)
+    return messages, sorted({t for _, t in feeder.fed if t >= first} - fix_times(messages))
+
+
 def finish(outcome: Outcome, messages: list[Received], accepted: list[str], lost: list[str]) -> Outcome:
     outcome.alerts_accepted = len(accepted)
     outcome.alerts_lost = len(set(accepted) - alert_ids(messages))
@@ -161,22 +173,14 @@ def broker_restarts(workdir: Path, rounds: int) -> Outcome:
                 # queued for an absent subscriber, which says nothing about the agent
                 collector.connected.wait(10)
                 time.sleep(1.5)
-            time.sleep(2)
-            feeder.stop()
-            expected = {t for _, t in feeder.fed if t >= first}
-            with contextlib.suppress(TimeoutError):
-                collector.wait_for(lambda m: set(accepted) <= alert_ids(m), timeout=60)
-            collector.wait_quiet(2.0)
+            messages, missing = settle(feeder, collector, accepted, first)
         finally:
             feeder.stop()
             agent.kill9()
-        messages = list(collector.messages)
-        missing = expected - fix_times(messages)
     # kill -9 of the broker loses what it had acknowledged but not yet delivered to the subscriber:
     # that is the broker's durability, not the agent's; it is reported separately
-    outcome.telemetry_lost = "none" if not missing else f"{len(missing)} fixes acknowledged by a broker then killed"
-    outcome.notes.append(f"{len(positions(messages))} positions delivered for {len(expected)} fixes fed")
-    return finish(outcome, messages, accepted, [])
+    outcome.notes.append(f"{len(positions(messages))} positions delivered for {len(feeder.fed)} fixes fed")
+    return finish(outcome, messages, accepted, missing)
 
 
 def half_open(workdir: Path, rounds: int) -> Outcome:
@@ -203,18 +207,11 @@ def half_open(workdir: Path, rounds: int) -> Outcome:
                     time.sleep(0.05)
                 detections.append(time.monotonic() - cut)
                 time.sleep(1.0)
-            time.sleep(2)
-            feeder.stop()
-            expected = {t for _, t in feeder.fed if t >= first}
-            with contextlib.suppress(TimeoutError):
-                collector.wait_for(lambda m: set(accepted) <= alert_ids(m), timeout=60)
-            collector.wait_quiet(2.0)
+            messages, missing = settle(feeder, collector, accepted, first)
         finally:
             feeder.stop()
             agent.kill9()
             proxy.close()
-        messages = list(collector.messages)
-        missing = sorted(expected - fix_times(messages))
     outcome.notes.append(f"reconnected {min(detections):.1f}-{max(detections):.1f} s after the cut "
                          f"(limit 2 x keepalive + backoff = {2 * keepalive + 1:.0f} s)")
     return finish(outcome, messages, accepted, missing)
@@ -368,17 +365,10 @@ def reset_and_delay(workdir: Path, rounds: int) -> Outcome:
                 slowest_status = max(slowest_status, time.monotonic() - began)
                 time.sleep(1.5)
                 proxy.set_mode("forward")
-            time.sleep(2)
-            feeder.stop()
-            expected = {t for _, t in feeder.fed if t >= first}
-            with contextlib.suppress(TimeoutError):
-                collector.wait_for(lambda m: set(accepted) <= alert_ids(m), timeout=60)
-            collector.wait_quiet(2.0)
+            messages, missing = settle(feeder, collector, accepted, first)
         finally:
             feeder.stop()
             agent.kill9()
             proxy.close()
-        messages = list(collector.messages)
-        missing = sorted(expected - fix_times(messages))
     outcome.notes.append(f"the core answered the control socket within {slowest_status * 1000:.0f} ms throughout")
     return finish(outcome, messages, accepted, missing)

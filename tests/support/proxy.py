@@ -85,7 +85,7 @@ class TcpProxy:
                     if state[0] == "delay" and self.delay_s:
                         time.sleep(self.delay_s)
                     peers[sock].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # reset closed the sockets under us
             return
         finally:
             for sock in (a, b):
