@@ -21,7 +21,8 @@ from tests.support.inproc import RunningAgent
 from tests.support.mqtt import Collector
 from tests.support.pty_gnss import PtyGnss
 
-NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+# built from the clock the daemon under test uses, never from a date written here
+NOW = datetime.now(UTC)
 TOPIC = "patrol/PV-TEST-1/cmd"
 
 

@@ -112,7 +112,7 @@ class GnssFeeder:
     def __init__(self, device: PtyGnss, rate_hz: float = 5.0, start: datetime | None = None) -> None:
         self.device = device
         self.rate = rate_hz
-        self.start_time = start or datetime(2026, 3, 1, 8, 0, 0, tzinfo=UTC)
+        self.start_time = start or datetime.now(UTC).replace(microsecond=0)
         self.fed: list[tuple[float, str]] = []  # (monotonic when written, ISO fix time)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
