@@ -1,9 +1,9 @@
-"""The daemon: wires the components together and runs the core loop.
+"""The daemon: wires the unit's parts together and runs the core loop.
 
 Main thread: start-up, signals and the core loop. Sinks start before
-sources (outbox, core, uplink, control socket, then GNSS) and stop in
-reverse: drivers first, then the outbox is flushed and the offline status
-published.
+sources (outbox, core state, uplink, control socket, then GPIO and GNSS)
+and stop in reverse: drivers first, then the outbox is flushed and the
+offline status published. Every thread is started by the supervisor.
 """
 
 from __future__ import annotations
@@ -12,18 +12,30 @@ import logging
 import queue
 import signal
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from agent import logs, security
+from agent.alerts import Alerts
+from agent.buttons import Buttons
 from agent.clock import Clock
 from agent.config import AgentConfig, load
 from agent.control import ControlServer
 from agent.core import Core
 from agent.errors import ConfigError
+from agent.events import Call, ConfigApplied, Event, FaultRaised, FixReceived, GnssStateChanged, Reload, Stop
+from agent.forwarder import Forwarder
+from agent.health import Health, status_message
+from agent.notify import Notifier
 from agent.outbox import Outbox
-from agent.panic import Panic
+from agent.positioning import Positioning
+from agent.remote import RemoteCommands
+from agent.reporting import Reporting
+from agent.supervisor import Supervisor
+from agent.topics import Topics
+from agent.unit import Faults, Sender
 from agent.uplink import Uplink
 from drivers.gnss.reader import GnssReader
 from drivers.gpio import Feedback, InputPin
@@ -31,7 +43,8 @@ from drivers.gpio import Feedback, InputPin
 log = logging.getLogger("agent")
 
 #: config sections a SIGHUP applies at once; the others (link, receiver, pins, paths) need a restart
-LIVE_SECTIONS = frozenset({"reporting", "health", "panic", "log_level"})
+LIVE_SECTIONS = frozenset({"reporting", "health", "panic", "log_level", "inputs"})
+UPLINK_STALE_S = 30.0  # a blocking connect (TCP + TLS) may take connect_timeout_s
 
 
 def main(config_path: Path) -> int:
@@ -54,7 +67,7 @@ def main(config_path: Path) -> int:
 
 
 class Agent:
-    """The whole unit, wired: ``start()``, then ``run()`` (the core loop) until "stop", then ``shutdown()``.
+    """The whole unit, wired: ``start()``, then ``run()`` (the core loop) until stopped, then ``shutdown()``.
 
     Hardware seams are keyword arguments that default to the real thing
     (``pin_factory``: gpiozero's default, or mock pins in simulation).
@@ -63,20 +76,16 @@ class Agent:
     def __init__(self, cfg: AgentConfig, *, pin_factory: Any = None, config_path: Path | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
-        self.events: queue.Queue[Any] = queue.Queue()
+        self.inbox: queue.Queue[Event] = queue.Queue()
         self.clock = Clock()
-        self.outbox = Outbox(cfg.outbox_path, cfg.outbox, on_fault=self._outbox_fault)
-        self.reader = GnssReader(cfg.gnss, on_fix=self.events.put, on_state=lambda s, d: self.events.put((s, d)))
-        self.core = Core(cfg, events=self.events, outbox=self.outbox, clock=self.clock,
-                         gnss_info=self.reader.counters)
-        self.uplink = Uplink(
-            cfg.mqtt,
-            client_id=cfg.mqtt.client_id or f"patrol-{cfg.vehicle.id}",
-            subscriptions=[self.core.topics.command, self.core.topics.alert_ack],
-            will=lambda: (self.core.topics.status, self.core.status_message("offline", "connection lost")),
-            events=self.events,
-        )
-        self.core.uplink = self.uplink
+        self.notifier = Notifier()
+        self.supervisor = Supervisor(self.inbox.put)
+        self.topics = Topics(cfg.mqtt.topic_prefix, cfg.vehicle.id)
+        self.outbox = Outbox(cfg.outbox_path, cfg.outbox, on_fault=lambda c, d: self.inbox.put(FaultRaised(c, d)))
+        self.reader = GnssReader(
+            cfg.gnss, on_fix=lambda fix: self.inbox.put(FixReceived(fix, time.monotonic())),
+            on_state=lambda state, detail: self.inbox.put(GnssStateChanged(state, detail)))
+        self.control = ControlServer(cfg.runtime_dir, self.inbox.put)
         if pin_factory is None and cfg.simulation:
             from gpiozero.pins.mock import MockFactory
 
@@ -84,83 +93,139 @@ class Agent:
         self.pin_factory = pin_factory
         self.pins: dict[str, InputPin] = {}
         self.feedback: Feedback | None = None
-        self.panic: Panic | None = None
-        self.control = ControlServer(cfg.runtime_dir, self.events)
-        self.core.on_reload = self.reload  # type: ignore[method-assign]
+        self.uplink: Uplink | None = None
+        self.core: Core | None = None
+        self.sender: Sender | None = None
+        self.alerts: Alerts | None = None
+        self.faults: Faults | None = None
+        self.positioning: Positioning | None = None
+        self._gpio_problem: dict[str, str] = {}
 
-    def _outbox_fault(self, code: str, detail: str) -> None:
-        self.events.put(lambda: self.core.fault(code, detail))
+    # --- wiring ---------------------------------------------------------------------
+
+    def _wire(self) -> Core:
+        """The components, each given what it needs (the outbox must be open: alerts restore from it)."""
+        cfg, clock = self.cfg, self.clock
+        sender = self.sender = Sender(cfg.vehicle.id, self.topics, self.outbox, clock)
+        faults = self.faults = Faults(sender)
+        if "gpio_unavailable" in self._gpio_problem:
+            faults.raise_("gpio_unavailable", self._gpio_problem["gpio_unavailable"])
+        will = (self.topics.status, status_message(sender, cfg, "offline", "connection lost"))
+        self.uplink = Uplink(cfg.mqtt, client_id=cfg.mqtt.client_id or f"patrol-{cfg.vehicle.id}",
+                             subscriptions=[self.topics.command, self.topics.alert_ack], will=will,
+                             post=self.inbox.put)
+        forwarder = Forwarder(cfg.mqtt, self.outbox, self.uplink, clock,
+                              online_status=lambda: (self.topics.status, status_message(sender, cfg, "online")))
+        positioning = self.positioning = Positioning(clock, faults)
+        reporting = Reporting(cfg.reporting, sender, positioning)
+        assert self.feedback is not None
+        alerts = self.alerts = Alerts(cfg, sender, positioning, reporting, self.feedback)
+        buttons = Buttons(cfg.inputs, pins=self.pins, alerts=alerts, reporting=reporting, sender=sender,
+                          faults=faults, now=clock.monotonic(), pin_factory=self.pin_factory)
+        remote = RemoteCommands(cfg.vehicle.id, self.topics, sender, reporting, alerts, self.inbox.put)
+        health = Health(cfg, sender=sender, faults=faults, positioning=positioning, forwarder=forwarder,
+                        alerts=alerts, buttons=buttons, supervisor=self.supervisor, notifier=self.notifier,
+                        gnss_counters=self.reader.counters, started=clock.monotonic())
+        return Core(inbox=self.inbox, clock=clock, components=[positioning, reporting, alerts, buttons, remote,
+                                                               forwarder, health],
+                    forwarder=forwarder, faults=faults, supervisor=self.supervisor, notifier=self.notifier,
+                    reload=self.reload, simulation=cfg.simulation)
 
     def start(self) -> None:
         """Sinks before sources: outbox, core state, uplink, control socket, GPIO, GNSS."""
         self.outbox.open()
-        self.pins, self.feedback = open_gpio(self.cfg, self.events, self.core, self.pin_factory)
-        self.panic = Panic(self.core, self.cfg, feedback=self.feedback, pins=self.pins,
-                           pin_factory=self.pin_factory)
-        self.uplink.start()
-        self.control.start()
-        self.reader.start()
+        self.pins, self.feedback = open_gpio(self.cfg, self.inbox, self.pin_factory, self._gpio_problem)
+        self.core = self._wire()
+        assert self.uplink is not None
+        spawn = self.supervisor.spawn
+        spawn("outbox-checkpoint", self.outbox.run_checkpoints, stale_after_s=60.0)
+        spawn("uplink", self.uplink.run, stale_after_s=max(UPLINK_STALE_S, self.cfg.mqtt.connect_timeout_s + 10))
+        self.control.open()
+        spawn("control", self.control.run)
+        spawn("gnss-reader", self.reader.run)
         log.info("patrol-agent started: vehicle %s, %d messages waiting", self.cfg.vehicle.id, self.outbox.depth)
         if self.cfg.mqtt.lab_mode:
             log.warning("LAB MODE: the link to the broker is not protected as the fleet requires")
-        self.core.notifier.ready(self.core.status_line())
+        self.notifier.ready(f"started, {self.outbox.depth} messages waiting")
 
-    def reload(self) -> None:
+    def reload(self) -> ConfigApplied | None:
         """SIGHUP: re-read the config; apply what can change live, report the rest."""
+        assert self.sender is not None
         if self.config_path is None:
-            return
+            return None
         try:
             new = load(self.config_path)
         except ConfigError as exc:
             log.error("config reload refused, keeping the running config: %s", "; ".join(exc.problems))
-            self.core.event("config_reloaded", "refused", active=False, detail="; ".join(exc.problems)[:400])
-            return
+            self.sender.event("config_reloaded", "refused", active=False, detail="; ".join(exc.problems)[:400])
+            return None
         changed = [key for key in AgentConfig.model_fields if getattr(new, key) != getattr(self.cfg, key)]
-        applied = [key for key in changed if key in LIVE_SECTIONS]
-        later = [key for key in changed if key not in LIVE_SECTIONS]
-        merged = self.cfg.model_copy(update={key: getattr(new, key) for key in applied})
-        self.cfg = self.core.cfg = merged
-        self.core.policy.cfg = merged.reporting
-        if self.panic is not None:
-            self.panic.cfg = merged
-        if "log_level" in applied:
-            logging.getLogger().setLevel(merged.log_level)
-        detail = f"applied: {', '.join(applied) or 'nothing'}; needs a restart: {', '.join(later) or 'nothing'}"
+        live = [key for key in changed if key in LIVE_SECTIONS and (key != "inputs" or _same_pins(new, self.cfg))]
+        later = [key for key in changed if key not in live]
+        self.cfg = self.cfg.model_copy(update={key: getattr(new, key) for key in live})
+        if "log_level" in live:
+            logging.getLogger().setLevel(self.cfg.log_level)
+        detail = f"applied: {', '.join(live) or 'nothing'}; needs a restart: {', '.join(later) or 'nothing'}"
         log.info("config reloaded: %s", detail)
-        self.core.event("config_reloaded", "config", active=True, detail=detail)
+        self.sender.event("config_reloaded", "config", active=True, detail=detail)
+        return ConfigApplied(self.cfg)
 
     def run(self) -> None:
+        assert self.core is not None
         self.core.run()
 
     def stop(self) -> None:
-        self.events.put("stop")
+        self.inbox.put(Stop())
+
+    def on_core(self, fn: Any, timeout: float = 5.0) -> Any:
+        """Run ``fn()`` on the core thread and return its result (tests and benchmarks)."""
+        call = Call(fn)
+        self.inbox.put(call)
+        ok, value = call.result.get(timeout=timeout)
+        if not ok:
+            raise value
+        return value
 
     def shutdown(self) -> None:
         """Sources first; then flush the outbox and say offline."""
-        self.core.notifier.stopping()
+        self.notifier.stopping()
+        self.supervisor.stop()
         self.reader.stop()
+        self.control.stop()
         for pin in self.pins.values():
             pin.close()
         if self.feedback is not None:
             self.feedback.close()
-        self.control.stop()
         self.outbox.flush()
-        self.uplink.stop(last_words=(self.core.topics.status, self.core.status_message("offline", "shutdown")))
+        if self.uplink is not None and self.sender is not None:
+            self.uplink.request_stop((self.topics.status, status_message(self.sender, self.cfg, "offline",
+                                                                          "shutdown")))
         self.outbox.close()
+        self.supervisor.join(4.0)
+        self.control.close()
+        if self.uplink is not None:
+            self.uplink.close()
         log.info("patrol-agent stopped")
 
 
-def open_gpio(cfg: AgentConfig, events: queue.Queue[Any], core: Core,
-              factory: Any) -> tuple[dict[str, InputPin], Feedback]:
+def _same_pins(new: AgentConfig, old: AgentConfig) -> bool:
+    """Input timings apply live; which pins exist (and their wiring) needs a restart."""
+    def wiring(cfg: AgentConfig) -> list[tuple[str, int, str, str | None]]:
+        return [(i.name, i.pin, i.pull, i.active) for i in (*cfg.inputs.panic_buttons, *cfg.inputs.digital)]
+    return wiring(new) == wiring(old)
+
+
+def open_gpio(cfg: AgentConfig, inbox: queue.Queue[Event], factory: Any,
+              problem: dict[str, str]) -> tuple[dict[str, InputPin], Feedback]:
     """Inputs and outputs. No GPIO is a fault, not a crash: GNSS and the link still work."""
     pins: dict[str, InputPin] = {}
     try:
         for item in (*cfg.inputs.panic_buttons, *cfg.inputs.digital):
-            pins[item.name] = InputPin(item, on_edge=events.put, pin_factory=factory)
+            pins[item.name] = InputPin(item, on_edge=inbox.put, pin_factory=factory)
         feedback = Feedback(cfg.outputs, pin_factory=factory)
     except Exception as exc:  # gpiozero raises many kinds: no chip, pin in use, no permission
         log.error("GPIO unavailable: %s", exc)
-        core.faults["gpio_unavailable"] = str(exc)[:200]
+        problem["gpio_unavailable"] = str(exc)[:200]
         feedback = Feedback(cfg.outputs.model_copy(update={"led": None, "buzzer": None}))
     return pins, feedback
 
@@ -173,7 +238,7 @@ def run(cfg: AgentConfig, config_path: Path | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, lambda _s, _f: agent.events.put("reload"))
+    signal.signal(signal.SIGHUP, lambda _s, _f: agent.inbox.put(Reload()))
     agent.start()
     try:
         agent.run()

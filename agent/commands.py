@@ -4,8 +4,11 @@ Runs on the core thread. A command arrives on ``<prefix>/<vehicle>/cmd`` as a
 JSON object. It is checked before anything is done, in this order: size
 (at most 4 KiB), UTF-8, JSON, not retained (a retained command would run
 again at every reconnect), the envelope (pydantic: unknown fields, wrong
-types), this vehicle's id, not expired (and a validity of at most an hour),
-a verb from the allow-list, and that verb's arguments (flat, typed, bounded).
+types, timestamps without a zone), this vehicle's id, the validity (issued
+no later than now plus ``MAX_SKEW``, expiring after it was issued, for at
+most an hour, and not yet expired), a verb from the allow-list, and that
+verb's arguments (flat, typed, bounded). A command id already run within its
+validity is answered as a duplicate by the remote-commands component.
 Any failure raises :class:`CommandRejected`, which the core reports on the
 vehicle's ``event`` and ``reply`` topics. Nothing here, or anywhere in the
 agent, runs a shell.
@@ -17,13 +20,13 @@ import json
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import AgentError
-from agent.messages import UtcTime
 
 MAX_COMMAND_BYTES = 4096
 MAX_VALIDITY = timedelta(hours=1)
+MAX_SKEW = timedelta(seconds=30)  # dispatch's clock may run this far ahead of the vehicle's
 Scalar = str | int | float | bool | None
 
 
@@ -45,8 +48,8 @@ class Command(BaseModel):
     verb: str = Field(min_length=1, max_length=32)
     args: dict[str, Scalar] = Field(default_factory=dict, max_length=8,
                                     description="flat: no nesting; checked per verb")
-    issued_at: UtcTime
-    expires_at: UtcTime
+    issued_at: AwareDatetime = Field(description="with a zone (Z or +hh:mm): local times are refused")
+    expires_at: AwareDatetime
 
 
 class _Args(BaseModel):
@@ -102,10 +105,18 @@ def parse(payload: bytes, *, retained: bool, vehicle_id: str, now: datetime) -> 
         raise CommandRejected(f"invalid: {_first_error(exc)}", command_id=command_id, verb=verb) from None
     if command.vehicle_id != vehicle_id:
         raise CommandRejected("addressed to another vehicle", command_id=command_id, verb=verb)
-    if command.expires_at <= now:
-        raise CommandRejected("expired", command_id=command_id, verb=verb)
-    if command.expires_at - command.issued_at > MAX_VALIDITY:
-        raise CommandRejected("valid for more than an hour", command_id=command_id, verb=verb)
+    try:
+        if command.issued_at > now + MAX_SKEW:
+            raise CommandRejected(f"issued in the future ({command.issued_at.isoformat()})",
+                                  command_id=command_id, verb=verb)
+        if command.expires_at <= command.issued_at:
+            raise CommandRejected("expires before it was issued", command_id=command_id, verb=verb)
+        if command.expires_at - command.issued_at > MAX_VALIDITY:
+            raise CommandRejected("valid for more than an hour", command_id=command_id, verb=verb)
+        if command.expires_at <= now:
+            raise CommandRejected("expired", command_id=command_id, verb=verb)
+    except OverflowError:  # datetime arithmetic at the ends of the calendar
+        raise CommandRejected("timestamps out of range", command_id=command_id, verb=verb) from None
     model = VERBS.get(command.verb)
     if model is None:
         raise CommandRejected(f"unknown verb {command.verb!r}", command_id=command_id, verb=verb)

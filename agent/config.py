@@ -93,7 +93,7 @@ class TlsConfig(Section):
 
 class MqttConfig(Section):
     brokers: list[BrokerUrl] = Field(min_length=1)
-    protocol: Literal["3.1.1", "5"] = "5"
+    protocol: Literal["auto", "3.1.1", "5"] = "auto"
     client_id: str | None = Field(default=None, pattern=_ID)
     topic_prefix: str = Field(default="patrol", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
     username: str | None = None
@@ -105,6 +105,7 @@ class MqttConfig(Section):
     inflight_window: int = Field(default=20, ge=1, le=100)
     backoff_initial_s: Seconds = 1.0
     backoff_max_s: Seconds = 60.0
+    alert_retry_s: Seconds = 2.0
     stable_after_s: Seconds = 60.0
     backlog_rate_per_s: float = Field(default=0.0, ge=0)
     lab_mode: bool = False

@@ -18,12 +18,16 @@ import json
 import logging
 import os
 import queue
+import select
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.supervisor import Worker
 
 log = logging.getLogger(__name__)
 
@@ -37,26 +41,31 @@ class ControlRequest:
     cmd: str
     args: dict[str, Any]
     _out: queue.Queue[object] = field(default_factory=queue.Queue, repr=False)
+    answered: bool = field(default=False, compare=False)  # a component took it (core thread)
+    closed: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)  # client hung up
 
     def send(self, reply: dict[str, Any]) -> None:
+        self.answered = True
         self._out.put(reply)
 
     def finish(self, reply: dict[str, Any] | None = None) -> None:
+        self.answered = True
         if reply is not None:
             self._out.put(reply)
         self._out.put(_END)
 
 
 class ControlServer:
-    def __init__(self, runtime_dir: Path, events: queue.Queue[Any], *, max_wait_s: float = 300.0) -> None:
+    def __init__(self, runtime_dir: Path, post: Callable[[ControlRequest], None], *,
+                 max_wait_s: float = 300.0) -> None:
         self.path = runtime_dir / SOCKET_NAME
-        self._events = events
+        self._post = post
         self._max_wait_s = max_wait_s
         self._sock: socket.socket | None = None
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
+    def open(self) -> None:
+        """Bind the socket (before READY=1: a technician's command works as soon as systemd says so)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
@@ -70,21 +79,21 @@ class ControlServer:
         sock.listen(8)
         sock.settimeout(0.5)
         self._sock = sock
-        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
-        self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2)
+
+    def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
-    def _serve(self) -> None:
+    def run(self, worker: Worker) -> None:
+        """The supervised "control" thread: accept, one short thread per connection."""
         assert self._sock is not None
         while not self._stop.is_set():
+            worker.beat()
             try:
                 conn, _ = self._sock.accept()
             except TimeoutError:
@@ -103,16 +112,24 @@ class ControlServer:
             except (OSError, ValueError) as exc:
                 _send(conn, {"ok": False, "error": f"bad request: {exc}"})
                 return
-            self._events.put(request)
+            self._post(request)
+            waited = 0.0
             while True:
                 try:
-                    item = request._out.get(timeout=self._max_wait_s)
+                    item = request._out.get(timeout=0.5)
                 except queue.Empty:
-                    _send(conn, {"ok": False, "error": "the daemon did not answer in time"})
-                    return
+                    waited += 0.5
+                    if _hung_up(conn):
+                        request.closed.set()
+                        return
+                    if waited >= self._max_wait_s:
+                        _send(conn, {"ok": False, "error": "the daemon did not answer in time"})
+                        return
+                    continue
                 if item is _END:
                     return
                 if not _send(conn, item):  # type: ignore[arg-type]
+                    request.closed.set()
                     return
 
     @staticmethod
@@ -130,6 +147,15 @@ class ControlServer:
             raise ValueError('expected {"cmd": "...", ...}')
         cmd = parsed.pop("cmd")
         return ControlRequest(cmd, parsed)
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """The client closed its end (a peek reads end-of-file)."""
+    try:
+        ready, _, _ = select.select([conn], [], [], 0)
+        return bool(ready) and conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 def _send(conn: socket.socket, reply: dict[str, Any]) -> bool:

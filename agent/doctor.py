@@ -25,7 +25,7 @@ from typing import Any
 from agent.clock import system_clock_synced
 from agent.config import BAUD_RATES, AgentConfig, load
 from agent.errors import ConfigError
-from agent.uplink import Broker, tls_context
+from agent.link_policy import Broker, tls_context
 from drivers.gnss import NmeaDecoder
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"

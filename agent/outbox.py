@@ -42,10 +42,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.config import OutboxConfig
 from agent.errors import OutboxError
 from agent.messages import Priority
+
+if TYPE_CHECKING:
+    from agent.supervisor import Worker
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +163,6 @@ class Outbox:
         self._last_commit = 0.0
         self._since_checkpoint = 0
         self._checkpoints: queue.Queue[object] = queue.Queue()
-        self._checkpointer: threading.Thread | None = None
         self.disk_rows = 0
         self.disk_bytes = 0
         self.evictions = 0
@@ -182,16 +185,22 @@ class Outbox:
         self.seq.start_after(max(floor, self._meta("seq_floor")))
         self.evictions = self._meta("evictions")
         self._count_disk()
-        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="outbox-checkpoint", daemon=True)
-        self._checkpointer.start()
         log.info("outbox open: %d messages waiting", self.disk_rows)
 
-    def _checkpoint_loop(self) -> None:
-        """Own thread and connection: WAL checkpoints (an fsync of the database file,
-        tens of ms on an SD card) never hold up the core thread, nor an alert."""
+    def run_checkpoints(self, worker: Worker) -> None:
+        """The "outbox-checkpoint" thread (supervised), with a connection of its own: WAL
+        checkpoints (an fsync of the database file, tens of ms on an SD card) never hold up
+        the core thread, nor an alert."""
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            while self._checkpoints.get() is not _STOP:
+            while True:
+                worker.beat()
+                try:
+                    item = self._checkpoints.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                if item is _STOP:
+                    return
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error as exc:
@@ -572,10 +581,7 @@ class Outbox:
         }
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpoints.put(_STOP)
-            self._checkpointer.join(5)
-            self._checkpointer = None
+        self._checkpoints.put(_STOP)
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
                 self.flush()

@@ -1,40 +1,46 @@
-"""The uplink: owns the paho-mqtt client and the connection to dispatch.
+"""The uplink: the only owner of the paho-mqtt client and of the connection to dispatch.
 
-Runs one thread of its own ("uplink") that connects, runs paho's network
-loop and reconnects; no paho object leaks out. The core thread calls
-:meth:`Uplink.publish`; everything paho reports (connected, lost, PUBACK,
-incoming message) becomes a :class:`LinkEvent` on the core's queue, and the
-callbacks return at once.
+Runs one supervised thread ("uplink"). Nothing else touches paho: other
+threads hand work over with :meth:`Uplink.submit`, :meth:`Uplink.publish`,
+:meth:`Uplink.hurry` and :meth:`Uplink.request_stop`, which append to an
+inbox and write one byte to a wake-up pipe that the thread ``select``s on
+beside the broker's socket (no polling sleeps). What paho reports comes back
+to the core as typed events: :class:`~agent.events.LinkUp`,
+:class:`~agent.events.LinkDown`, :class:`~agent.events.Acked` (batched),
+:class:`~agent.events.Received` and faults.
 
-Connection policy:
-- brokers are tried in turn; the delay before each attempt is exponential
-  backoff with full jitter (``uniform(0, min(max, initial * 2**n))``), reset
-  once a connection has lasted ``stable_after_s``;
-- a new paho client per connection: paho's in-RAM queue never outlives its
-  connection (durability is the outbox's job) and is never replayed in a
-  burst after a reconnect;
-- no CONNACK within ``connect_timeout_s`` (TLS refused, broker hung) and no
-  PUBACK within ``ack_timeout_s`` (half-open link) both force a reconnect;
-  keepalive catches a half-open link with nothing in flight;
-- the retained ``status`` topic says online on connect and offline on a
-  clean stop; the last will says offline when the link dies.
+Bookkeeping: every publish, tracked (an outbox row waits for it) or not (the
+retained status, the last words), is recorded under the message id paho gave
+it on this connection, and forgotten when its PUBACK is consumed. A row is
+acknowledged only by the PUBACK of its own message id: paho's 16-bit ids
+wrap after 65,535 publishes and an untracked publish's ack can never be
+taken for a row's.
+
+Connection policy (see :mod:`agent.link_policy`): brokers tried in turn with
+full-jitter exponential backoff, a short fixed retry interval while an alert
+waits; ``mqtt.protocol: auto`` falls back to MQTT 3.1.1 for a broker that
+refuses 5; a failed set-up (unreadable or mismatched key, missing file) is a
+failed attempt with a ``link_setup_failed`` fault, retried, and cleared once
+the files are right again; a session taken over by another client is a
+``session_taken_over`` fault. No CONNACK within ``connect_timeout_s`` and no
+PUBACK within ``ack_timeout_s`` (half-open link) force a reconnect;
+keepalive catches a half-open link with nothing in flight.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import queue
+import os
 import random
+import select
 import socket
 import ssl
-import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -43,44 +49,45 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config import MqttConfig
+from agent.events import Acked, FaultCleared, FaultRaised, LinkDown, LinkUp, Post, Received
+from agent.link_policy import Broker, LinkPolicy, describe, tls_context
+from agent.supervisor import Worker
 
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 24 * 3600  # the broker keeps our subscriptions (alert acks) through outages
+MAX_INBOUND_BYTES = 64 * 1024  # announced in CONNECT (MQTT 5): the broker never sends us more
+SLICE_S = 0.25  # longest wait in one select: the heartbeat's rhythm
+LAST_WORDS_WAIT_S = 2.0
+TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason: session taken over
 
 
 @dataclass(frozen=True, slots=True)
-class LinkEvent:
-    kind: Literal["up", "down", "acks", "message"]
-    generation: int  # which connection it belongs to
-    mid: int = 0
-    topic: str = ""
-    payload: bytes = b""
-    retain: bool = False
-    detail: str = ""
+class _Submit:
+    generation: int
+    items: tuple[tuple[int, str, bytes], ...]
+    urgent: bool
 
 
 @dataclass(frozen=True, slots=True)
-class Broker:
-    url: str
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> Broker:
-        parts = urlsplit(url)
-        tls = parts.scheme == "mqtts"
-        return cls(url, parts.hostname or "", parts.port or (8883 if tls else 1883), tls)
+class _Publish:
+    generation: int
+    topic: str
+    payload: bytes
+    retain: bool
 
 
-def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
-    """TLS 1.2+ (or 1.3), the broker's certificate verified against the CA, hostname checked."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cfg.tls.ca_file) if cfg.tls.ca_file else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if cfg.tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    if cfg.tls.cert_file is not None:
-        ctx.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file) if cfg.tls.key_file else None)
-    return ctx
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    last_words: tuple[str, bytes] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Hurry:
+    urgent: bool  # an alert waits: retry at once, then at the short interval
+
+
+_Work = _Submit | _Publish | _Stop | _Hurry
 
 
 class Uplink:
@@ -90,8 +97,8 @@ class Uplink:
         *,
         client_id: str,
         subscriptions: list[str],
-        will: Callable[[], tuple[str, bytes]],
-        events: queue.Queue[Any],
+        will: tuple[str, bytes],
+        post: Post,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -99,225 +106,258 @@ class Uplink:
         self._client_id = client_id
         self._subscriptions = subscriptions
         self._will = will
-        self._events = events
-        self._rng = rng or random.Random()
+        self._post = post
         self._clock = clock
-        self._brokers = [Broker.parse(url) for url in cfg.brokers]
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._client: mqtt.Client | None = None
-        self._sent: dict[int, tuple[int, float]] = {}  # mid -> (token, when published)
-        self._early: set[int] = set()  # mids acknowledged before publish() returned them
-        self._queue: deque[tuple[int, str, bytes]] = deque()  # submitted, not yet handed to paho
-        self._acks: list[tuple[int, str | None]] = []  # (token, refusal) since take_acks()
-        self._ack_posted = False
-        self._urgent: set[int] = set()
-        self.generation = 0
-        self.connected = False
-        self.connected_since: float | None = None  # monotonic
-        self.broker: str | None = None
-        self.reconnects = 0
-        self.last_error: str | None = None
-        self.attempts = 0
+        self._policy = LinkPolicy(cfg, rng or random.Random(), clock)
+        self._inbox: deque[_Work] = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._stopping = False
+        # uplink thread only, from here on
+        self._generation = 0
+        self._connected = False
+        self._inflight: dict[int, tuple[int | None, float]] = {}  # mid -> (token or None, published at)
+        self._queue: deque[tuple[int, str, bytes]] = deque()  # tracked, waiting for room in the window
+        self._acks: list[tuple[int, str | None]] = []
+        self._refused: str | None = None  # why the broker refused or dropped this connection
+        self._disconnect_rc: int | None = None
+        self._faults: set[str] = set()
+        self.unexpected_acks = 0
 
-    # --- lifecycle ------------------------------------------------------------
+    # --- other threads' side: hand work over, never touch paho ----------------------
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
-        self._thread.start()
+    def submit(self, generation: int, items: Sequence[tuple[int, str, bytes]], *, urgent: bool = False) -> None:
+        """Tracked messages (token = outbox row id) for connection ``generation``; PUBACKs come
+        back as :class:`Acked` by token. Dropped if that connection is gone (its LinkDown says so)."""
+        self._hand(_Submit(generation, tuple(items), urgent))
 
-    def stop(self, last_words: tuple[str, bytes] | None = None, timeout: float = 3.0) -> None:
-        """Publish ``last_words`` (the offline status) if connected, then disconnect."""
-        with self._lock:
-            client = self._client if self.connected else None
-        if client is not None and last_words is not None:
-            info = client.publish(last_words[0], last_words[1], qos=1, retain=True)
-            info.wait_for_publish(timeout) if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
-        self._stop.set()
-        if client is not None:
-            client.disconnect()
-        if self._thread is not None:
-            self._thread.join(timeout)
+    def publish(self, generation: int, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """One untracked message (the retained status) on connection ``generation``."""
+        self._hand(_Publish(generation, topic, payload, retain))
 
-    # --- publishing ------------------------------------------------------------
+    def hurry(self, urgent: bool) -> None:
+        """An alert is waiting (True) or not any more (False): changes the reconnect rhythm."""
+        self._hand(_Hurry(urgent))
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
-        """Publish one untracked message now (the retained status); False when not connected."""
-        with self._lock:
-            client = self._client if self.connected else None
-        if client is None:
-            return False
-        return client.publish(topic, payload, qos=1, retain=retain).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+    def request_stop(self, last_words: tuple[str, bytes] | None = None) -> None:
+        """Publish ``last_words`` (the offline status) if connected, disconnect, end the thread."""
+        self._hand(_Stop(last_words))
 
-    def submit(self, items: list[tuple[int, str, bytes]], *, urgent: bool = False) -> bool:
-        """Hand tracked messages (token = outbox row id) to the link; their PUBACKs come back by token.
+    def _hand(self, work: _Work) -> None:
+        self._inbox.append(work)
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"!")
 
-        Urgent ones (alerts), and as many as the in-flight window has room for, are
-        published at once from the calling thread; the rest wait in a short queue
-        that the uplink thread feeds to paho as PUBACKs free the window (no
-        thread hand-over per message). False when not connected.
-        """
-        with self._lock:
-            client = self._client if self.connected else None
-            if client is None:
-                return False
-            if urgent:
-                self._urgent.update(token for token, _, _ in items)
-                now = items
-            else:
-                room = 0 if self._queue else max(0, self._cfg.inflight_window - len(self._sent))
-                now = items[:room]
-                self._queue.extend(items[room:])
-        for token, topic, payload in now:
-            self._publish(client, token, topic, payload)
-        return True
+    def close(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
-    def _publish(self, client: mqtt.Client, token: int, topic: str, payload: bytes) -> None:
-        info = client.publish(topic, payload, qos=1)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return  # the connection is going: the core releases everything on "down"
-        with self._lock:
-            if info.mid in self._early:  # PUBACK came before publish() returned
-                self._early.discard(info.mid)
-                self._ack_token(token, None)
-            else:
-                self._sent[info.mid] = (token, self._clock())
+    # --- the thread ---------------------------------------------------------------
 
-    def _feed(self, client: mqtt.Client) -> None:
-        """Uplink thread: top the in-flight window up from the queue."""
-        while True:
-            with self._lock:
-                if not self._queue or len(self._sent) >= self._cfg.inflight_window:
-                    return
-                token, topic, payload = self._queue.popleft()
-            self._publish(client, token, topic, payload)
+    def run(self, worker: Worker) -> None:
+        """The supervised thread's body; restartable after any exception."""
+        while not self._stopping:
+            worker.beat()
+            broker, protocol = self._policy.next_attempt()
+            lasted = self._session(worker, broker, protocol)
+            if self._stopping:
+                return
+            self._wait(worker, self._policy.delay(lasted))
 
-    def _ack_token(self, token: int, refused: str | None) -> None:
-        """With the lock held. The core is woken for an urgent message's PUBACK, when the
-        queue runs low, or once enough have gathered: not once per message."""
-        self._acks.append((token, refused))
-        if not self._ack_posted and (token in self._urgent or len(self._acks) >= 32
-                                     or len(self._queue) < 100):
-            self._post_acks()
+    def _wait(self, worker: Worker, delay: float) -> None:
+        """Between attempts: sleep on the wake-up pipe, beating; an alert cuts it short."""
+        deadline = self._clock() + delay
+        while not self._stopping:
+            left = deadline - self._clock()
+            if left <= 0:
+                return
+            worker.beat()
+            self._sleep(min(left, SLICE_S))
+            for work in self._take_inbox():
+                if isinstance(work, _Stop):
+                    self._stopping = True
+                elif isinstance(work, _Hurry) and self._policy.set_urgent(work.urgent):
+                    return  # try now
+                # submits and publishes for a connection that is gone: its LinkDown released them
 
-    def _post_acks(self) -> None:
-        self._ack_posted = True
-        self._events.put(LinkEvent("acks", self.generation))
+    def _sleep(self, timeout: float) -> None:
+        with contextlib.suppress(InterruptedError):
+            select.select([self._wake_r], [], [], timeout)
 
-    def take_acks(self) -> list[tuple[int, str | None]]:
-        """(token, refusal) for each PUBACK since the last call (core thread)."""
-        with self._lock:
-            acks, self._acks = self._acks, []
-            self._ack_posted = False
-            self._urgent.difference_update(token for token, _ in acks)
-        return acks
+    def _take_inbox(self) -> list[_Work]:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.read(self._wake_r, 4096)
+        work = []
+        while self._inbox:
+            work.append(self._inbox.popleft())
+        return work
 
-    def in_flight(self) -> int:
-        with self._lock:
-            return len(self._sent) + len(self._queue)
-
-    # --- the thread ----------------------------------------------------------
-
-    def _run(self) -> None:
-        failures = 0
-        index = 0
-        while not self._stop.is_set():
-            broker = self._brokers[index % len(self._brokers)]
-            lasted = self._session(broker)
-            if self._stop.is_set():
-                break
-            if lasted >= self._cfg.stable_after_s:
-                failures = 0
-            else:
-                failures += 1
-                index += 1  # next broker after a failure; stay on a good one
-            ceiling = min(self._cfg.backoff_max_s, self._cfg.backoff_initial_s * 2 ** min(failures, 16))
-            delay = self._rng.uniform(0, ceiling) if failures else self._rng.uniform(0, self._cfg.backoff_initial_s)
-            self._stop.wait(delay)
-
-    def _session(self, broker: Broker) -> float:
+    def _session(self, worker: Worker, broker: Broker, protocol: str) -> float:
         """One connection, from attempt to loss; returns how long it was up."""
-        self.attempts += 1
-        self.generation += 1
-        generation = self.generation
-        client = self._make_client(broker, generation)
+        self._generation += 1
+        generation = self._generation
+        self._refused = self._disconnect_rc = None
         try:
-            client.connect(broker.host, broker.port, keepalive=self._cfg.keepalive_s, **self._connect_args())
+            client = self._make_client(broker, protocol, generation)
         except (OSError, ssl.SSLError, ValueError) as exc:
-            self._failed(broker, _describe(exc))
+            self._fault("link_setup_failed", f"cannot set up the connection to {broker.display}: {describe(exc)}")
+            self._post(LinkDown(generation, f"set-up failed: {describe(exc)}"))
+            return 0.0
+        self._clear("link_setup_failed")
+        try:
+            client.connect(broker.host, broker.port, keepalive=self._cfg.keepalive_s,
+                           **self._connect_args(protocol))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._lost(broker, generation, describe(exc), reached=False)
             return 0.0
         _no_delay(client)
-        with self._lock:
-            self._client = client
-        started = self._clock()
+        started, up_since = self._clock(), None
         reason = "stopped"
         try:
-            while not self._stop.is_set():
-                rc = client.loop(timeout=0.05)
-                if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self.connected:
-                    self._feed(client)
-                    with self._lock:
-                        if self._acks and not self._ack_posted and not self._sent:
-                            self._post_acks()  # all quiet: hand over what has gathered
+            while True:
+                worker.beat()
+                rc = self._io(client)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    reason = self.last_error if self.last_error and not self.connected else mqtt.error_string(rc)
+                    reason = self._refused or mqtt.error_string(rc)
                     break
-                now = self._clock()
-                if not self.connected and now - started > self._cfg.connect_timeout_s:
-                    reason = f"no CONNACK within {self._cfg.connect_timeout_s:g} s"
-                    break
-                overdue = self._oldest_unacked(now)
-                if overdue is not None and overdue > self._cfg.ack_timeout_s:
-                    reason = f"no PUBACK for {overdue:.0f} s (half-open link?)"
+                if self._connected and up_since is None:
+                    up_since = self._clock()
+                if self._serve_inbox(client, generation):
+                    self._say_last_words(worker, client)
+                    return 0.0
+                self._feed(client)
+                self._flush_acks(generation)
+                reason = self._overdue(started)
+                if reason:
                     break
         finally:
-            was_up = self.connected_since
-            with self._lock:
-                self._client = None
-                self.connected = False
-                self.connected_since = None
-                self._sent.clear()
-                self._early.clear()
-                self._queue.clear()
-                self._acks.clear()
-                self._urgent.clear()
-                self._ack_posted = False
-            if not self._stop.is_set():
-                _close(client)
-        if self._stop.is_set():
-            return 0.0
-        self.last_error = reason
-        log.warning("link to %s lost: %s", broker.url, reason)
-        self._events.put(LinkEvent("down", generation, detail=reason))
-        return 0.0 if was_up is None else self._clock() - was_up
+            self._connected = False
+            self._inflight.clear()
+            self._queue.clear()
+            self._acks.clear()
+            _close(client)
+        lasted = 0.0 if up_since is None else self._clock() - up_since
+        self._lost(broker, generation, reason, reached=True, lasted=lasted, was_up=up_since is not None)
+        return lasted
 
-    def _failed(self, broker: Broker, reason: str) -> None:
-        self.last_error = reason
-        log.warning("cannot connect to %s: %s", broker.url, reason)
+    def _overdue(self, started: float) -> str:
+        now = self._clock()
+        if not self._connected and now - started > self._cfg.connect_timeout_s:
+            return f"no CONNACK within {self._cfg.connect_timeout_s:g} s"
+        if self._inflight:
+            oldest = now - min(at for _, at in self._inflight.values())
+            if oldest > self._cfg.ack_timeout_s:
+                return f"no PUBACK for {oldest:.0f} s (half-open link?)"
+        return ""
 
-    def _oldest_unacked(self, now: float) -> float | None:
-        with self._lock:
-            if not self._sent:
-                return None
-            return now - min(at for _, at in self._sent.values())
+    def _lost(self, broker: Broker, generation: int, reason: str, *, reached: bool, lasted: float = 0.0,
+              was_up: bool = False) -> None:
+        verdict = self._policy.attempt_ended(broker, reached=reached, was_up=was_up, lasted=lasted,
+                                             refused=self._refused, taken_over=self._disconnect_rc == TAKEN_OVER)
+        for code, detail in verdict.faults:
+            self._fault(code, detail)
+        for code in verdict.cleared:
+            self._clear(code)
+        log.warning("link to %s %s: %s", broker.display, "lost" if was_up else "failed", reason)
+        self._post(LinkDown(generation, reason))
 
-    def _connect_args(self) -> dict[str, Any]:
-        if self._cfg.protocol != "5":
+    def _io(self, client: mqtt.Client) -> MQTTErrorCode:
+        """One select over the broker's socket and the wake-up pipe, then paho's read/write/misc."""
+        sock: Any = client.socket()
+        if sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        pending = sock.pending() if hasattr(sock, "pending") else 0  # TLS bytes already decrypted
+        writers = [sock] if client.want_write() else []
+        try:
+            readable, _, _ = select.select([sock, self._wake_r], writers, [], 0.0 if pending else SLICE_S)
+        except (OSError, ValueError):
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        if pending or sock in readable:
+            rc = client.loop_read()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return rc
+        if client.want_write():
+            rc = client.loop_write()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return rc
+        return client.loop_misc()
+
+    def _serve_inbox(self, client: mqtt.Client, generation: int) -> bool:
+        """Take handed-over work; True when asked to stop."""
+        stop = False
+        for work in self._take_inbox():
+            match work:
+                case _Submit(generation=g, items=items, urgent=urgent) if g == generation and self._connected:
+                    if urgent:
+                        for token, topic, payload in items:
+                            self._publish(client, token, topic, payload, retain=False)
+                    else:
+                        self._queue.extend(items)
+                case _Publish(generation=g, topic=topic, payload=payload, retain=retain) if g == generation:
+                    self._publish(client, None, topic, payload, retain=retain)
+                case _Hurry(urgent=urgent):
+                    self._policy.set_urgent(urgent)
+                case _Stop(last_words=words):
+                    self._stopping = True
+                    if words is not None and self._connected:
+                        self._publish(client, None, words[0], words[1], retain=True)
+                    stop = True
+                case _:
+                    pass  # for a connection that is gone: its LinkDown released the rows
+        return stop
+
+    def _publish(self, client: mqtt.Client, token: int | None, topic: str, payload: bytes, *, retain: bool) -> None:
+        info = client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._inflight[info.mid] = (token, self._clock())
+        # else: the connection is going; the core releases its rows on LinkDown
+
+    def _feed(self, client: mqtt.Client) -> None:
+        """Top the in-flight window up from the hand-over queue."""
+        window = self._cfg.inflight_window
+        while self._queue and self._connected and len(self._inflight) < window:
+            token, topic, payload = self._queue.popleft()
+            self._publish(client, token, topic, payload, retain=False)
+
+    def _flush_acks(self, generation: int) -> None:
+        if self._acks:
+            acks, self._acks = tuple(self._acks), []
+            self._post(Acked(generation, acks))
+
+    def _say_last_words(self, worker: Worker, client: mqtt.Client) -> None:
+        """Wait briefly for the last words' PUBACK, then a clean DISCONNECT (no will)."""
+        deadline = self._clock() + LAST_WORDS_WAIT_S
+        while self._connected and any(t is None for t, _ in self._inflight.values()) and self._clock() < deadline:
+            worker.beat()
+            if self._io(client) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+        with contextlib.suppress(Exception):
+            client.disconnect()
+            client.loop_write()
+        self._connected = False
+        _close(client)
+
+    # --- building the client ----------------------------------------------------------
+
+    def _connect_args(self, protocol: str) -> dict[str, Any]:
+        if protocol != "5":
             return {}
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.MaximumPacketSize = MAX_INBOUND_BYTES
         return {"clean_start": False, "properties": props}
 
-    def _make_client(self, broker: Broker, generation: int) -> mqtt.Client:
-        v5 = self._cfg.protocol == "5"
+    def _make_client(self, broker: Broker, protocol: str, generation: int) -> mqtt.Client:
+        v5 = protocol == "5"
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self._client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             clean_session=None if v5 else False,
         )
-        client.max_inflight_messages_set(self._cfg.inflight_window + 10)  # alerts may pass a full window
+        client.max_inflight_messages_set(self._cfg.inflight_window + 20)  # alerts may pass a full window
         client.max_queued_messages_set(0)
         client.connect_timeout = self._cfg.connect_timeout_s
         if broker.tls:
@@ -325,53 +365,60 @@ class Uplink:
         if self._cfg.username is not None:
             password = self._cfg.password.get_secret_value() if self._cfg.password else None
             client.username_pw_set(self._cfg.username, password)
-        topic, payload = self._will()
-        client.will_set(topic, payload, qos=1, retain=True)
-        client.on_connect = lambda c, u, f, rc, p: self._on_connect(c, broker, generation, rc)
-        client.on_disconnect = lambda c, u, f, rc, p: self._on_disconnect(generation, rc)
-        client.on_publish = lambda c, u, mid, rc, p: self._on_publish(generation, mid, rc)
+        client.will_set(self._will[0], self._will[1], qos=1, retain=True)
+        client.on_connect = lambda c, u, f, rc, p: self._on_connect(c, broker, protocol, generation, rc)
+        client.on_disconnect = lambda c, u, f, rc, p: self._on_disconnect(rc)
+        client.on_publish = lambda c, u, mid, rc, p: self._on_publish(mid, rc)
         client.on_message = lambda c, u, msg: self._on_message(generation, msg)
         return client
 
-    # --- paho callbacks (network thread: never block) ---------------------------
+    # --- paho callbacks: run on this thread, inside loop_read ---------------------------
 
-    def _on_connect(self, client: mqtt.Client, broker: Broker, generation: int, rc: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, broker: Broker, protocol: str, generation: int, rc: Any) -> None:
         if rc.is_failure:
-            self.last_error = f"broker refused the connection: {rc}"
-            log.warning("%s refused the connection: %s", broker.url, rc)
+            self._refused = f"broker refused the connection: {rc}"
             return
         for topic in self._subscriptions:
-            if self._cfg.protocol == "5":  # keep the retain flag as published: retained commands are refused
+            if protocol == "5":  # keep the retain flag as published: retained commands are refused
                 client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
             else:
                 client.subscribe(topic, qos=1)
-        with self._lock:
-            self.connected = True
-            self.connected_since = self._clock()
-            self.broker = broker.url
-        if self.attempts > 1:
-            self.reconnects += 1
-        log.info("link up to %s", broker.url)
-        self._events.put(LinkEvent("up", generation, detail=broker.url))
+        self._connected = True
+        reconnects = self._policy.connected(broker, protocol)
+        log.info("link up to %s (MQTT %s)", broker.display, protocol)
+        self._post(LinkUp(generation, broker.display, protocol, reconnects))
 
-    def _on_disconnect(self, generation: int, rc: Any) -> None:
-        with self._lock:
-            self.connected = False
+    def _on_disconnect(self, rc: Any) -> None:
+        self._connected = False
+        value = getattr(rc, "value", None)
+        self._disconnect_rc = value if isinstance(value, int) else None
+        if self._disconnect_rc == TAKEN_OVER:
+            self._refused = "the broker handed this vehicle's session to another client"
 
-    def _on_publish(self, generation: int, mid: int, rc: Any) -> None:
-        refused = str(rc) if getattr(rc, "is_failure", False) else None
-        with self._lock:
-            if generation != self.generation:
-                return
-            sent = self._sent.pop(mid, None)
-            if sent is None:
-                self._early.add(mid)
-            else:
-                self._ack_token(sent[0], refused)
+    def _on_publish(self, mid: int, rc: Any) -> None:
+        sent = self._inflight.pop(mid, None)
+        if sent is None:
+            self.unexpected_acks += 1  # not ours on this connection: never taken for a row's
+            return
+        token = sent[0]
+        if token is not None:
+            self._acks.append((token, str(rc) if getattr(rc, "is_failure", False) else None))
 
     def _on_message(self, generation: int, msg: mqtt.MQTTMessage) -> None:
-        self._events.put(LinkEvent("message", generation, topic=msg.topic, payload=bytes(msg.payload),
-                                   retain=bool(msg.retain)))
+        self._post(Received(generation, msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    # --- faults --------------------------------------------------------------------------
+
+    def _fault(self, code: str, detail: str) -> None:
+        if code not in self._faults:
+            log.error("%s: %s", code, detail)
+        self._faults.add(code)
+        self._post(FaultRaised(code, detail))
+
+    def _clear(self, code: str) -> None:
+        if code in self._faults:
+            self._faults.discard(code)
+            self._post(FaultCleared(code))
 
 
 def _no_delay(client: mqtt.Client) -> None:
@@ -388,17 +435,3 @@ def _close(client: mqtt.Client) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.close()
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS handshake failed: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed: {exc.reason or exc}"
-    if isinstance(exc, socket.gaierror):
-        return f"DNS lookup failed: {exc.strerror}"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return "connection timed out"
-    return str(exc) or type(exc).__name__

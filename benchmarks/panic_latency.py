@@ -95,7 +95,9 @@ def run(workdir: Path, port: int, presses: int, backlog: int) -> tuple[list[floa
                 latencies.append(arrived - pressed)
                 if backlog and agent.on_core(lambda: agent.agent.outbox.depth) > 1000:
                     during_backlog += 1
-                agent.on_core(lambda panic=agent.agent.panic: panic.cancel("benchmark"))
+                alerts = agent.agent.alerts
+                assert alerts is not None
+                agent.on_core(lambda a=alerts: a.cancel("benchmark"))
                 pin.drive_high()
                 time.sleep(0.05)  # past the 30 ms debounce lockout
     finally:

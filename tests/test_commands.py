@@ -124,4 +124,4 @@ def test_over_mqtt_each_rejection_is_reported_and_a_ping_is_answered(
     for reason in ("too large", "not JSON", "unknown verb", "another vehicle", "expired", "not UTF-8", "retained"):
         assert any(reason in detail for detail in rejected), (reason, rejected)
     assert all(r["ok"] is False for r in replies if r["command_id"] != "c-ping")
-    assert running.on_core(lambda: running.agent.core.stopping) is False  # the daemon never died on input
+    assert running.on_core(lambda: running.agent.core.stopping) is False  # type: ignore[union-attr]  # never died

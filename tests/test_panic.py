@@ -74,7 +74,7 @@ def config(tmp_path: Path, broker: Mosquitto, gnss_pty: PtyGnss, **overrides: An
 
 def wait_live_fix(agent: RunningAgent) -> None:
     deadline = time.monotonic() + 5
-    while agent.on_core(lambda: agent.agent.core.last_position_fix) is None:
+    while agent.on_core(lambda: agent.agent.positioning.last_position_fix) is None:  # type: ignore[union-attr]
         assert time.monotonic() < deadline, "no fix reached the agent"
         time.sleep(0.05)
 
@@ -154,7 +154,7 @@ def test_stuck_button_gives_one_alert_and_a_fault(
             agent.press()
         dispatch.wait_for(lambda m: bool(stuck_faults(m)), timeout=5)
         time.sleep(2.0)  # held on: no flood of alerts, no second fault
-        assert agent.on_core(lambda: agent.agent.core.faults).keys() >= {"stuck_input:driver"}
+        assert agent.on_core(lambda: dict(agent.agent.faults.open)).keys() >= {"stuck_input:driver"}  # type: ignore[union-attr]
     assert stuck_faults(dispatch.messages) == ["stuck_input:driver"]
     assert len({a["alert_id"] for a in alerts(dispatch.messages)}) == 1
     assert len(alerts(dispatch.messages)) == 1
@@ -221,7 +221,7 @@ def test_a_cancellation_is_reported(
             agent.release()
             time.sleep(0.12)
         got = dispatch.wait_for(lambda m: any(a["state"] == "cancelled" for a in alerts(m)), timeout=5)
-        assert agent.on_core(lambda: agent.agent.panic.emergency) is None  # type: ignore[union-attr]
+        assert agent.on_core(lambda: agent.agent.alerts.emergency) is None  # type: ignore[union-attr]
     cancelled = [a for a in alerts(got) if a["state"] == "cancelled"]
     assert cancelled[0]["note"] == "cancelled by the officer at the driver button"
     assert cancelled[0]["alert_id"] == alerts(got)[0]["alert_id"]

@@ -42,6 +42,14 @@ class GnssState(StrEnum):
     FIX = "fix"
 
 
+class Heartbeat(Protocol):
+    def beat(self) -> None: ...
+
+
+def _no_beat() -> None:
+    pass
+
+
 class SerialPort(Protocol):
     in_waiting: int
 
@@ -77,6 +85,7 @@ class GnssReader:
         self._clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._beat: Callable[[], None] = _no_beat
         self.decoder = NmeaDecoder(default_day=cfg.default_date)
         self.state = GnssState.OPENING
         self.state_detail = ""
@@ -88,13 +97,19 @@ class GnssReader:
     # --- lifecycle ----------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="gnss-reader", daemon=True)
+        """A thread of its own (standalone use); the daemon runs :meth:`run` under its supervisor."""
+        self._thread = threading.Thread(target=self.run, name="gnss-reader", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def run(self, worker: Heartbeat | None = None) -> None:
+        """The thread's body; ``worker.beat()`` is called at least every quarter second."""
+        self._beat = worker.beat if worker is not None else _no_beat
+        self._run()
 
     def counters(self) -> dict[str, int]:
         counts = self.decoder.counters.as_dict()
@@ -106,11 +121,12 @@ class GnssReader:
     def _run(self) -> None:
         delay = self._cfg.reopen_initial_s
         while not self._stop.is_set():
+            self._beat()
             try:
                 port = self._open(self._cfg.port, self._cfg.baudrate)
             except (serial.SerialException, OSError, ValueError) as exc:
                 self._set_state(GnssState.DEVICE_MISSING, f"cannot open {self._cfg.port}: {_reason(exc)}")
-                self._stop.wait(delay)
+                self._wait(delay)
                 delay = min(delay * 2, self._cfg.reopen_max_s)
                 continue
             self.opens += 1
@@ -121,12 +137,16 @@ class GnssReader:
             except (serial.SerialException, OSError) as exc:
                 self.disconnects += 1
                 self._set_state(GnssState.DEVICE_MISSING, f"{self._cfg.port} lost: {_reason(exc)}")
-            except Exception:  # a bug must not end GNSS for the rest of the shift
-                log.exception("GNSS reader failed; reopening")
             finally:
                 _close_quietly(port)
             self._deliver(self.decoder.flush())
-            self._stop.wait(delay)
+            self._wait(delay)
+
+    def _wait(self, seconds: float) -> None:
+        deadline = self._clock() + seconds
+        while not self._stop.is_set() and self._clock() < deadline:
+            self._beat()
+            self._stop.wait(min(_IDLE_WAIT_S, max(0.0, deadline - self._clock())))
 
     def _read(self, port: Any) -> None:
         self._set_state(GnssState.OPENING, "port open, waiting for data", level=logging.INFO)
@@ -135,6 +155,7 @@ class GnssReader:
         quiet_s = self._cfg.quiet_flush_ms / 1000
         fileno = _fileno(port)
         while not self._stop.is_set():
+            self._beat()
             wait = quiet_s if self.decoder.epoch_pending else _IDLE_WAIT_S
             data = _read_available(port, fileno, wait)
             now = self._clock()

@@ -323,7 +323,7 @@ def disk_full(workdir: Path, rounds: int) -> Outcome:
 
                     running.on_core(fill)
                     time.sleep(1.5)  # telemetry keeps coming: the disk is full
-                    panic = running.agent.panic
+                    panic = running.agent.alerts
                     assert panic is not None
                     alert = running.on_core(lambda p=panic: p.raise_alert("test", test=True))
                     accepted.append(alert.alert_id)

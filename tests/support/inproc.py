@@ -39,17 +39,7 @@ class RunningAgent:
 
     def on_core(self, fn: Any, timeout: float = 5.0) -> Any:
         """Run ``fn()`` on the core thread (which owns the state) and return its result."""
-        done = threading.Event()
-        box: list[Any] = []
-
-        def call() -> None:
-            box.append(fn())
-            done.set()
-
-        self.agent.events.put(call)
-        if not done.wait(timeout):
-            raise TimeoutError("core thread did not answer")
-        return box[0]
+        return self.agent.on_core(fn, timeout)
 
     def pin(self, number: int) -> Any:
         return self.factory.pin(number)

@@ -1,0 +1,268 @@
+"""Panic alerts: from the officer's thumb to the dispatcher's screen, and back.
+
+A component on the core thread. The lifecycle of an alert:
+
+    raised --(broker PUBACK)--> delivered --(dispatch ack)--> acknowledged
+       \\______________________________________________________/
+                |                                 |
+         cleared (dispatch)            cancelled (officer's gesture)
+
+- raised: the alert is in the outbox, fsynced, before anything else happens;
+  the officer sees a fast blink. It carries the best position known.
+- until dispatch acknowledges, the alert is published again every
+  ``panic.republish_s`` with the same id (once the previous copy is out).
+- the emergency is persisted (outbox ``state`` table, fsynced): a reboot or
+  power cut does not end it. Only dispatch (clear) or the officer's cancel
+  gesture (reported as ``cancelled``, never silently dropped) does, and the
+  end is persisted before it is reported.
+- during an emergency the reporting component sends positions at the
+  emergency rate, tagged with the alert id.
+
+Test alarms (``patrol-agent panic test``) take the same path, flagged
+``test``, without entering the emergency; one ends when dispatch
+acknowledges or clears it, or when the technician's tool hangs up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from agent.config import AgentConfig, PanicConfig
+from agent.control import ControlRequest
+from agent.events import Acked, ConfigApplied, Event
+from agent.messages import Alert, AlertAck, AlertState, BestPosition, PositionSource, Priority
+from agent.positioning import Positioning, position_of
+from agent.reporting import Reporting
+from agent.unit import Sender
+from drivers.gpio import Feedback
+
+log = logging.getLogger(__name__)
+
+LIVE_FIX_S = 2.0  # a fix younger than this is "live" in an alert
+STATE_KEY = "emergency"
+OPEN = (AlertState.RAISED.value, AlertState.DELIVERED.value)
+
+
+@dataclass
+class OpenAlert:
+    alert_id: str
+    trigger: str
+    raised_at: str  # ISO, as published
+    state: str = AlertState.RAISED.value
+    test: bool = False
+    covert: bool = False
+    attempt: int = 0
+    pending: list[int] = field(default_factory=list)  # outbox rows of this alert not yet acknowledged
+    last_published: float = 0.0  # monotonic
+
+    @property
+    def closed(self) -> bool:
+        return self.state in (AlertState.CLEARED.value, AlertState.CANCELLED.value)
+
+
+class Alerts:
+    def __init__(self, cfg: AgentConfig, sender: Sender, positioning: Positioning, reporting: Reporting,
+                 feedback: Feedback) -> None:
+        self._panic: PanicConfig = cfg.panic
+        self._covert = cfg.outputs.covert
+        self._sender = sender
+        self._positioning = positioning
+        self._reporting = reporting
+        self.feedback = feedback
+        self.emergency: OpenAlert | None = None
+        self.tests: dict[str, tuple[OpenAlert, ControlRequest | None]] = {}
+        self._restore()
+
+    # --- persistence ------------------------------------------------------------
+
+    def _restore(self) -> None:
+        saved = self._sender.outbox.get_state(STATE_KEY)
+        if saved is None:
+            return
+        try:
+            self.emergency = OpenAlert(**json.loads(saved))
+        except (ValueError, TypeError):
+            log.error("the saved emergency could not be read; it is kept as it was on disk")
+            return
+        self.emergency.pending = []
+        log.warning("emergency %s still open after restart (%s)", self.emergency.alert_id, self.emergency.state)
+        self._reporting.emergency(self.emergency.alert_id)
+        self._show()
+
+    def _persist(self, alert: OpenAlert) -> None:
+        """The emergency's state on disk (fsynced): before its change is reported to anyone."""
+        if alert.test:
+            return
+        if alert.closed:
+            self._sender.outbox.delete_state(STATE_KEY)
+        else:
+            self._sender.outbox.put_state(STATE_KEY, json.dumps(asdict(alert)))
+
+    # --- raising and publishing ---------------------------------------------------
+
+    @property
+    def emergency_id(self) -> str | None:
+        return None if self.emergency is None else self.emergency.alert_id
+
+    def raise_alert(self, trigger: str, *, test: bool = False, request: ControlRequest | None = None) -> OpenAlert:
+        clock = self._sender.clock
+        if not test and self.emergency is not None:
+            log.warning("panic %s pressed again during alert %s", trigger, self.emergency.alert_id)
+            if clock.monotonic() - self.emergency.last_published >= 2.0:
+                self.publish(self.emergency, note=f"{trigger} pressed again")
+            return self.emergency
+        when, _ = clock.now()
+        alert = OpenAlert(str(uuid.uuid4()), trigger, when.isoformat(), test=test, covert=self._covert)
+        if test:
+            self.tests[alert.alert_id] = (alert, request)
+        else:
+            self.emergency = alert
+            self._reporting.emergency(alert.alert_id)
+        log.warning("%s raised by %s: %s", "test alarm" if test else "PANIC ALERT", trigger, alert.alert_id)
+        self.publish(alert)  # fsynced when this returns
+        self._persist(alert)
+        if request is not None:
+            request.send({"stage": "accepted", "alert_id": alert.alert_id, "seq": alert.pending[-1]})
+        self._show()
+        return alert
+
+    def publish(self, alert: OpenAlert, note: str | None = None) -> None:
+        alert.attempt += 1
+        alert.last_published = self._sender.clock.monotonic()
+        message = Alert(
+            **self._sender.envelope(), alert_id=alert.alert_id, state=AlertState(alert.state),
+            trigger=alert.trigger, raised_at=datetime.fromisoformat(alert.raised_at), test=alert.test,
+            covert=alert.covert, position=self.best_position(), attempt=alert.attempt, note=note,
+        )
+        alert.pending.append(message.seq)
+        self._sender.send(message, Priority.ALERT)
+
+    def best_position(self) -> BestPosition:
+        where = self._positioning
+        fix, at = where.last_position_fix, where.last_position_at
+        if fix is None or at is None:
+            return BestPosition(source=PositionSource.NONE)
+        age = self._sender.clock.monotonic() - at
+        live = age <= LIVE_FIX_S and where.last_fix is fix
+        return BestPosition(source=PositionSource.LIVE if live else PositionSource.LAST_KNOWN,
+                            age_s=round(age, 1), fix=position_of(fix))
+
+    def _alerts(self) -> list[OpenAlert]:
+        found = [a for a, _ in self.tests.values()]
+        return found + ([self.emergency] if self.emergency else [])
+
+    def _show(self) -> None:
+        shown = self.emergency or next(iter(a for a, _ in self.tests.values()), None)
+        self.feedback.show("idle" if shown is None or shown.closed else shown.state)
+
+    # --- the broker and dispatch ------------------------------------------------------
+
+    def _delivered(self, acks: tuple[tuple[int, str | None], ...]) -> None:
+        for row_id, refused in acks:
+            for alert in self._alerts():
+                if row_id not in alert.pending:
+                    continue
+                alert.pending.remove(row_id)
+                if refused is None and alert.state == AlertState.RAISED.value:
+                    alert.state = AlertState.DELIVERED.value
+                    log.info("alert %s delivered to the broker", alert.alert_id)
+                    self._persist(alert)
+                    self._stage(alert, "delivered")
+                    self._show()
+
+    def known(self, alert_id: str) -> bool:
+        return any(a.alert_id == alert_id for a in self._alerts())
+
+    def from_dispatch(self, payload: bytes) -> str | None:
+        """An acknowledgement or clear from dispatch; None when taken, else why it was not."""
+        try:
+            ack = AlertAck.model_validate_json(payload)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            return f"{'.'.join(map(str, first['loc'])) or 'payload'}: {first['msg']}"[:200]
+        return self.dispatch_action(ack.alert_id, ack.action, ack.operator)
+
+    def dispatch_action(self, alert_id: str, action: str, operator: str | None) -> str | None:
+        alert = next((a for a in self._alerts() if a.alert_id == alert_id), None)
+        if alert is None:
+            return f"no open alert {alert_id}"
+        who = operator or "dispatch"
+        if action == "acknowledge":
+            if alert.state in OPEN:
+                alert.state = AlertState.ACKNOWLEDGED.value
+                log.warning("alert %s acknowledged by dispatch", alert.alert_id)
+                self._persist(alert)
+                self.publish(alert, note=f"acknowledged by {who}")
+                self._stage(alert, "acknowledged", operator=operator)
+        else:
+            alert.state = AlertState.CLEARED.value
+            log.warning("alert %s cleared by dispatch", alert.alert_id)
+            self._persist(alert)
+            self.publish(alert, note=f"cleared by {who}")
+            self._stage(alert, "cleared", operator=operator)
+            self._close(alert)
+        self._show()
+        return None
+
+    def _stage(self, alert: OpenAlert, stage: str, **extra: object) -> None:
+        if not alert.test or alert.alert_id not in self.tests:
+            return
+        _, request = self.tests[alert.alert_id]
+        if request is not None:
+            request.send({"stage": stage, "alert_id": alert.alert_id, **extra})
+        if stage in ("acknowledged", "cleared", "stopped"):
+            if request is not None:
+                request.finish()
+            self.tests.pop(alert.alert_id, None)
+
+    def _close(self, alert: OpenAlert) -> None:
+        if self.emergency is alert:
+            self.emergency = None
+            self._reporting.emergency(None)
+        self.tests.pop(alert.alert_id, None)
+
+    def cancel(self, by: str) -> None:
+        """The officer's cancel gesture: the emergency ends, reported as cancelled."""
+        alert = self.emergency
+        if alert is None:
+            return
+        alert.state = AlertState.CANCELLED.value
+        log.warning("alert %s cancelled by the officer (%s)", alert.alert_id, by)
+        self._persist(alert)
+        self.publish(alert, note=f"cancelled by the officer at the {by} button")
+        self._close(alert)
+        self._show()
+
+    # --- the component -----------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> None:
+        match event:
+            case Acked(acks=acks):
+                self._delivered(acks)
+            case ControlRequest(cmd="panic_test"):
+                self.raise_alert("test", test=True, request=event)
+            case ControlRequest(cmd="alert"):
+                event.finish({"ok": True, "emergency": None if self.emergency is None else asdict(self.emergency),
+                              "feedback": self.feedback.state})
+            case ConfigApplied(cfg=cfg):
+                self._panic = cfg.panic
+            case _:
+                pass
+
+    def tick(self, now: float) -> None:
+        for alert_id, (alert, request) in list(self.tests.items()):
+            if request is not None and request.closed.is_set():  # the technician's tool gave up
+                alert.state = AlertState.CANCELLED.value
+                self.publish(alert, note="test stopped by the technician")
+                self.tests.pop(alert_id, None)
+                self._show()
+        for alert in self._alerts():
+            due = now - alert.last_published >= self._panic.republish_s
+            if due and not alert.pending and alert.state in OPEN:
+                self.publish(alert, note="not yet acknowledged")
