@@ -98,6 +98,7 @@ class Agent:
         self.sender: Sender | None = None
         self.alerts: Alerts | None = None
         self.faults: Faults | None = None
+        self.forwarder: Forwarder | None = None
         self.positioning: Positioning | None = None
         self._gpio_problem: dict[str, str] = {}
 
@@ -114,7 +115,7 @@ class Agent:
         self.uplink = Uplink(cfg.mqtt, client_id=cfg.mqtt.client_id or f"patrol-{cfg.vehicle.id}",
                              subscriptions=[self.topics.command, self.topics.alert_ack], will=will,
                              post=self.inbox.put)
-        forwarder = Forwarder(cfg.mqtt, self.outbox, self.uplink, clock,
+        forwarder = self.forwarder = Forwarder(cfg.mqtt, self.outbox, self.uplink, clock,
                               online_status=lambda: (self.topics.status, status_message(sender, cfg, "online")))
         positioning = self.positioning = Positioning(clock, faults)
         reporting = Reporting(cfg.reporting, sender, positioning)

@@ -20,6 +20,8 @@ from agent.messages import TimeSource
 
 _TIME_ERROR = 5  # adjtimex(2): clock not synchronised
 _GNSS_TRUST_S = 6 * 3600  # carry a GNSS time forward this long on the monotonic clock
+_MIN_UNIX = 1_704_067_200.0  # 2024-01-01: no receiver time before this is taken
+_MAX_UNIX = 4_102_444_800.0  # 2100-01-01
 
 
 class _Timex(ctypes.Structure):
@@ -56,7 +58,9 @@ class Clock:
         self._synced_cache: tuple[float, bool | None] = (-1e9, None)
 
     def gnss_time(self, unix_time: float) -> None:
-        """A fix just gave the receiver's UTC."""
+        """A fix just gave the receiver's UTC (ignored when it is not a plausible time)."""
+        if not _MIN_UNIX <= unix_time <= _MAX_UNIX:  # also false for NaN
+            return
         self._gnss = (unix_time, self.monotonic())
 
     def now(self) -> tuple[datetime, TimeSource]:

@@ -161,7 +161,12 @@ class Uplink:
         while not self._stopping:
             worker.beat()
             broker, protocol = self._policy.next_attempt()
-            lasted = self._session(worker, broker, protocol)
+            try:
+                lasted = self._session(worker, broker, protocol)
+            except Exception:  # the supervisor restarts this thread; the core must not wait for this link
+                self._connected = False
+                self._post(LinkDown(self._generation, "the uplink thread failed"))
+                raise
             if self._stopping:
                 return
             self._wait(worker, self._policy.delay(lasted))
@@ -203,6 +208,9 @@ class Uplink:
             client = self._make_client(broker, protocol, generation)
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._fault("link_setup_failed", f"cannot set up the connection to {broker.display}: {describe(exc)}")
+            self._policy.attempt_ended(broker, reached=False, was_up=False, lasted=0.0, refused=None,
+                                       taken_over=False)
+            log.warning("link to %s: set-up failed: %s", broker.display, describe(exc))
             self._post(LinkDown(generation, f"set-up failed: {describe(exc)}"))
             return 0.0
         self._clear("link_setup_failed")

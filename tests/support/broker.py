@@ -35,7 +35,8 @@ def wait_port(port: int, *, timeout: float = 10.0, host: str = "127.0.0.1") -> N
 class Mosquitto:
     """One broker process; ``port`` stays the same across restarts."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None, extra_conf: str = "") -> None:
+    def __init__(self, workdir: Path, *, port: int | None = None, extra_conf: str = "",
+                 log_types: tuple[str, ...] = ("error", "warning")) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
             raise RuntimeError("mosquitto is not installed: apt-get install mosquitto (or run `make setup`)")
@@ -43,6 +44,7 @@ class Mosquitto:
         self.workdir = workdir
         self.port = port or free_port()
         self.extra_conf = extra_conf
+        self.log_types = log_types
         self.proc: subprocess.Popen[bytes] | None = None
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
@@ -55,7 +57,7 @@ class Mosquitto:
             "autosave_interval 1\n"  # a kill -9 loses at most a second of the broker's own state
             f"persistence_location {self.workdir}/\n"
             "log_dest stderr\n"
-            "log_type error\nlog_type warning\n"
+            + "".join(f"log_type {kind}\n" for kind in self.log_types) +
             "max_queued_messages 0\n"
             "set_tcp_nodelay true\n"  # as a dispatch broker should: PUBACKs not held back by Nagle
             + (self.extra_conf or f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
