@@ -173,8 +173,8 @@ NON_FINITE = ["nan", "NaN", "inf", "-inf", "Infinity", "-Infinity", "1e999"]
 
 
 def poisoned() -> list[str]:
-    gga = "GPGGA,120000.00,4241.8627,N,02319.3140,E,1,09,0.9,560.0,M,37.8,M,,".split(",")
-    rmc = "GPRMC,120000.00,A,4241.8627,N,02319.3140,E,20.0,90.0,011126,,,A".split(",")
+    gga = ["GPGGA", "120000.00", "4241.8627", "N", "02319.3140", "E", "1", "09", "0.9", "560.0", "M", "37.8", "M", "", ""]
+    rmc = ["GPRMC", "120000.00", "A", "4241.8627", "N", "02319.3140", "E", "20.0", "90.0", "011126", "", "", "A"]
     lines = []
     for fields, numeric in ((gga, NUMERIC_GGA), (rmc, NUMERIC_RMC)):
         for index in numeric:

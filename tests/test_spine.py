@@ -8,6 +8,7 @@ exception raised inside a thread).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -270,10 +271,8 @@ def test_a_thread_that_cannot_come_back_stops_the_watchdog(
     def pings(seconds: float) -> int:
         count, deadline = 0, time.monotonic() + seconds
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(TimeoutError):
                 count += sock.recv(4096).count(b"WATCHDOG=1")
-            except TimeoutError:
-                pass
         return count
 
     try:
