@@ -72,8 +72,8 @@ def partial_writes(monkeypatch: pytest.MonkeyPatch) -> set[str]:
     def send(client: mqtt.Client, data: bytes) -> int:
         if client._client_id == f"patrol-{VEHICLE}".encode():
             writers.add(threading.current_thread().name)
-            return original(client, data[:37])  # type: ignore[no-any-return]
-        return original(client, data)  # type: ignore[no-any-return]
+            return original(client, data[:37])
+        return original(client, data)
 
     monkeypatch.setattr(mqtt.Client, "_sock_send", send)
     return writers
