@@ -195,7 +195,8 @@ def test_no_reply_in_time_exits_3(broker: Mosquitto) -> None:
 
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["--broker", "mqtt://127.0.0.1:{free}"], 1, "connection refused"),
-    (["--broker", "mqtts://127.0.0.1:{free}", "--ca", "/nonexistent/ca.crt"], 2, "--ca /nonexistent/ca.crt: no such file"),
+    (["--broker", "mqtts://127.0.0.1:{free}", "--ca", "/nonexistent/ca.crt"], 2,
+     "--ca /nonexistent/ca.crt: no such file"),
     (["--broker", "http://example.org"], 2, "bad broker URL"),
     (["--broker", "mqtt://127.0.0.1:99999"], 2, "bad broker URL"),
     (["--broker", "mqtt://user:secret@127.0.0.1:{free}"], 2, "credentials in the broker URL are refused"),
