@@ -134,6 +134,11 @@ def check_gnss(report: Report, cfg: AgentConfig, daemon: Callable[[], dict[str, 
         return
     holders, hidden = port_holders(port) if "://" not in port else ([], False)
     others = [h for h in holders if not h[2]]
+    if holders and not others:  # only the running agent: ask it rather than wait for a port it holds
+        status = daemon()
+        if status is not None:
+            _report_from_daemon(report, status)
+            return
     if others:
         pid, name, _ = others[0]
         status = daemon() if len(others) < len(holders) else None
@@ -195,10 +200,10 @@ def report_fix(report: Report, fix: Any) -> None:
 
 def check_modes(report: Report, cfg: AgentConfig) -> None:
     if cfg.simulation:
-        report.add("simulation", WARN, "simulation: true: GPIO on mock pins, the real panic buttons are OFF",
+        report.add("simulation", WARN, "on: GPIO on mock pins, the real panic buttons are OFF",
                    "set simulation: false in a vehicle")
     if cfg.mqtt.lab_mode:
-        report.add("lab mode", WARN, "mqtt.lab_mode: true: plain TCP and missing TLS files are allowed",
+        report.add("lab mode", WARN, "on (mqtt.lab_mode: true): plain TCP and missing TLS files are allowed",
                    "set mqtt.lab_mode: false in a vehicle")
 
 

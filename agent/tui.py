@@ -100,11 +100,11 @@ def _gnss_rows(status: dict[str, Any]) -> list[tuple[str, str]]:
 def _link_row(status: dict[str, Any]) -> str:
     link = _dict(status.get("link"))
     protocol = link.get("protocol")
-    proto = f", MQTT {protocol}" if protocol else ""
+    proto = f" over MQTT {protocol}" if protocol else ""
     if link.get("connected"):
-        return (f"[green]connected[/]{proto}, to {link.get('broker', '-')}, for {_age(link.get('connected_for_s'))}, "
+        return (f"[green]connected[/]{proto} to {link.get('broker', '-')}, for {_age(link.get('connected_for_s'))}, "
                 f"{link.get('reconnects', 0)} reconnects")
-    return f"[red]down[/]{proto}: {link.get('last_error') or 'connecting'}, {link.get('reconnects', 0)} reconnects"
+    return f"[red]down[/]: {link.get('last_error') or 'connecting'}, {link.get('reconnects', 0)} reconnects"
 
 
 def _outbox_row(status: dict[str, Any]) -> str:

@@ -53,7 +53,7 @@ def test_a_full_frame_fits_80x24_and_shows_what_cgps_shows_plus_the_unit() -> No
     assert len(lines) <= 24 and all(len(line) <= 80 for line in lines), text
     for expected in ("3D fix", "42.697712 N", "23.321901 W", "561.3 m", "13.9 m/s", "50 km/h", "271.5°",
                      "HDOP 0.8", "sats used 11", "2026-11-30T10:15:02.000Z", "age 0.4 s",
-                     "MQTT 5", "12 waiting, oldest 3.2 s", "EMERGENCY ACKNOWLEDGED", "22.0 s ago",
+                     "connected over MQTT 5 to", "12 waiting, oldest 3.2 s", "EMERGENCY ACKNOWLEDGED", "22.0 s ago",
                      "passenger ACTIVE", "driver idle", "session_taken_over", "GPIO lgpio", "2 h 3 min"):
         assert expected in text, (expected, text)
     # wrapped, never cut: long values come whole, at most split at a space or folded, no ellipsis
