@@ -54,7 +54,7 @@ def run(runtime_dir: Path, *, timeout: float = 60.0, out: IO[str] = sys.stdout) 
     began = time.monotonic()
     stage: str | None = None
     waiting = _Waiting(out)
-    print(f"test alarm: raising it, then waiting up to {timeout:g} s for dispatch's acknowledgement", file=out,
+    print(f"panic test: raising the alarm, then waiting up to {timeout:g} s for dispatch to acknowledge", file=out,
           flush=True)
     with Session(runtime_dir, "panic_test") as session:
         try:
