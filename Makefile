@@ -41,10 +41,10 @@ soak: setup
 	$(BIN)/python tools/soak.py
 
 install:
-	PY=$(PY) tools/install.sh
+	DESTDIR=$(DESTDIR) PY=$(PY) tools/install.sh
 
 uninstall:
-	tools/install.sh --uninstall
+	DESTDIR=$(DESTDIR) tools/install.sh --uninstall
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -38,7 +38,7 @@ from agent.topics import Topics
 from agent.unit import Faults, Sender
 from agent.uplink import Uplink
 from drivers.gnss.reader import GnssReader
-from drivers.gpio import Feedback, InputPin
+from drivers.gpio import FactoryChoice, Feedback, InputPin, select_factory
 
 log = logging.getLogger("agent")
 
@@ -86,10 +86,11 @@ class Agent:
             cfg.gnss, on_fix=lambda fix: self.inbox.put(FixReceived(fix, time.monotonic())),
             on_state=lambda state, detail: self.inbox.put(GnssStateChanged(state, detail)))
         self.control = ControlServer(cfg.runtime_dir, self.inbox.put)
-        if pin_factory is None and cfg.simulation:
-            from gpiozero.pins.mock import MockFactory
-
-            pin_factory = MockFactory()
+        if pin_factory is None:
+            self.gpio = select_factory(cfg.gpio.pin_factory, simulation=cfg.simulation)
+            pin_factory = self.gpio.factory
+        else:
+            self.gpio = FactoryChoice(pin_factory, type(pin_factory).__name__, False, [], requested="injected")
         self.pin_factory = pin_factory
         self.pins: dict[str, InputPin] = {}
         self.feedback: Feedback | None = None
@@ -109,8 +110,10 @@ class Agent:
         cfg, clock = self.cfg, self.clock
         sender = self.sender = Sender(cfg.vehicle.id, self.topics, self.outbox, clock)
         faults = self.faults = Faults(sender)
-        if "gpio_unavailable" in self._gpio_problem:
-            faults.raise_("gpio_unavailable", self._gpio_problem["gpio_unavailable"])
+        for code, detail in self._gpio_problem.items():
+            faults.raise_(code, detail)
+        if cfg.simulation:
+            faults.raise_("simulation", "simulated hardware: GPIO on mock pins, the real panic buttons are OFF")
         will = (self.topics.status, status_message(sender, cfg, "offline", "connection lost"))
         self.uplink = Uplink(cfg.mqtt, client_id=cfg.mqtt.client_id or f"patrol-{cfg.vehicle.id}",
                              subscriptions=[self.topics.command, self.topics.alert_ack], will=will,
@@ -126,7 +129,7 @@ class Agent:
         remote = RemoteCommands(cfg.vehicle.id, self.topics, sender, reporting, alerts, self.inbox.put)
         health = Health(cfg, sender=sender, faults=faults, positioning=positioning, forwarder=forwarder,
                         alerts=alerts, buttons=buttons, supervisor=self.supervisor, notifier=self.notifier,
-                        gnss_counters=self.reader.counters, started=clock.monotonic())
+                        gnss_counters=self.reader.counters, started=clock.monotonic(), gpio=self.gpio.as_dict())
         return Core(inbox=self.inbox, clock=clock, components=[positioning, reporting, alerts, buttons, remote,
                                                                forwarder, health],
                     forwarder=forwarder, faults=faults, supervisor=self.supervisor, notifier=self.notifier,
@@ -135,7 +138,11 @@ class Agent:
     def start(self) -> None:
         """Sinks before sources: outbox, core state, uplink, control socket, GPIO, GNSS."""
         self.outbox.open()
-        self.pins, self.feedback = open_gpio(self.cfg, self.inbox, self.pin_factory, self._gpio_problem)
+        self._gpio_problem = gpio_problems(self.cfg, self.gpio)
+        if self.pin_factory is None:
+            self.pins, self.feedback = {}, Feedback(self.cfg.outputs.model_copy(update={"led": None, "buzzer": None}))
+        else:
+            self.pins, self.feedback = open_gpio(self.cfg, self.inbox, self.pin_factory, self._gpio_problem)
         self.core = self._wire()
         assert self.uplink is not None
         spawn = self.supervisor.spawn
@@ -147,6 +154,10 @@ class Agent:
         log.info("patrol-agent started: vehicle %s, %d messages waiting", self.cfg.vehicle.id, self.outbox.depth)
         if self.cfg.mqtt.lab_mode:
             log.warning("LAB MODE: the link to the broker is not protected as the fleet requires")
+        if self.cfg.simulation:
+            log.warning("SIMULATION: GPIO on mock pins, the real panic buttons are OFF")
+        for code, detail in self._gpio_problem.items():
+            log.error("%s: %s", code, detail)
         self.notifier.ready(f"started, {self.outbox.depth} messages waiting")
 
     def reload(self) -> ConfigApplied | None:
@@ -214,6 +225,17 @@ def _same_pins(new: AgentConfig, old: AgentConfig) -> bool:
     def wiring(cfg: AgentConfig) -> list[tuple[str, int, str, str | None]]:
         return [(i.name, i.pin, i.pull, i.active) for i in (*cfg.inputs.panic_buttons, *cfg.inputs.digital)]
     return wiring(new) == wiring(old)
+
+
+def gpio_problems(cfg: AgentConfig, choice: FactoryChoice) -> dict[str, str]:
+    """A fallback pin factory, or none at all while inputs are configured: loud faults."""
+    problems: dict[str, str] = {}
+    inputs = len(cfg.inputs.panic_buttons) + len(cfg.inputs.digital)
+    if choice.factory is None and (inputs or cfg.outputs.led or cfg.outputs.buzzer):
+        problems["gpio_unavailable"] = f"no GPIO pin factory ({'; '.join(choice.problems)}): PANIC BUTTONS OFF"
+    elif choice.is_fallback:
+        problems["gpio_fallback"] = f"GPIO on gpiozero's {choice.name} factory: {'; '.join(choice.problems)}"
+    return problems
 
 
 def open_gpio(cfg: AgentConfig, inbox: queue.Queue[Event], factory: Any,

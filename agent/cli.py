@@ -2,7 +2,8 @@
 
 Runs in the CLI process. Each subcommand imports what it needs when it runs,
 so that ``patrol-agent config check`` starts fast on a Pi.
-Exit codes: 0 success, 1 the check or operation failed, 2 bad usage or config.
+Exit codes, the same for every command (and listed in ``--help``): see
+:data:`EXIT_CODES`. Ordinary errors print one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ from typing import Any
 from agent import __version__
 
 DEFAULT_CONFIG = "/etc/patrol-agent/agent.yaml"
+OK, FAILED, USAGE, NOT_RUNNING, NO_PERMISSION = 0, 1, 2, 3, 4
+EXIT_CODES = """exit codes (every command):
+  0  ok
+  1  the check or operation failed (doctor found a FAIL, dispatch refused, no acknowledgement...)
+  2  bad usage or config
+  3  the daemon is not running (as systemctl); for `dispatch`: the vehicle did not answer in time
+  4  permission denied on the daemon's control socket (join group patrol-agent)
+"""
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -78,97 +87,73 @@ def _runtime_dir(args: argparse.Namespace) -> Path:
     try:
         return load(Path(args.config)).runtime_dir
     except ConfigError as exc:
-        raise SystemExit(f"patrol-agent: {args.config}: {exc.problems[0]}") from None
+        print(f"patrol-agent: {args.config}: {exc.problems[0]}", file=sys.stderr)
+        raise SystemExit(USAGE) from None
 
 
-def _ask(args: argparse.Namespace, cmd: str, **fields: Any) -> list[dict[str, object]]:
-    from agent.control import request
+def _ask(args: argparse.Namespace, cmd: str, **fields: Any) -> list[dict[str, Any]]:
+    from agent.daemon_client import ask
 
-    try:
-        return list(request(_runtime_dir(args), cmd, **fields))
-    except OSError as exc:
-        raise SystemExit(f"patrol-agent: cannot reach the daemon ({exc.strerror or exc}); is it running?") from None
+    return ask(_runtime_dir(args), cmd, **fields)
 
 
 def _sim_press(args: argparse.Namespace) -> int:
     reply = _ask(args, "sim_press", name=args.name, hold=args.hold)
     ok = bool(reply and reply[-1].get("ok"))
     print("pressed" if ok else f"error: {reply[-1].get('error') if reply else 'no answer'}")
-    return 0 if ok else 1
+    return OK if ok else FAILED
 
 
 def _sim_release(args: argparse.Namespace) -> int:
     reply = _ask(args, "sim_release", name=args.name)
     ok = bool(reply and reply[-1].get("ok"))
     print("released" if ok else f"error: {reply[-1].get('error') if reply else 'no answer'}")
-    return 0 if ok else 1
+    return OK if ok else FAILED
 
 
 def _panic_test(args: argparse.Namespace) -> int:
-    import time
+    from agent.panic_check import run
 
-    from agent.control import request
-
-    began = time.monotonic()
-    stages: list[str] = []
-    try:
-        for reply in request(_runtime_dir(args), "panic_test", timeout=args.timeout):
-            if "stage" not in reply:
-                print(f"error: {reply.get('error')}")
-                return 1
-            stage = str(reply["stage"])
-            stages.append(stage)
-            extra = f" by {reply['operator']}" if reply.get("operator") else ""
-            print(f"{time.monotonic() - began:6.2f} s  {stage:<13} test alarm {reply['alert_id']}{extra}", flush=True)
-    except TimeoutError:
-        pass
-    except OSError as exc:
-        print(f"patrol-agent: cannot reach the daemon ({exc.strerror or exc}); is it running?", file=sys.stderr)
-        return 2
-    if "acknowledged" in stages:
-        return 0
-    missing = "delivered to the broker" if "delivered" not in stages else "acknowledged by dispatch"
-    print(f"not {missing} within {args.timeout:g} s")
-    return 1
+    return run(_runtime_dir(args), timeout=args.timeout)
 
 
 def _status(args: argparse.Namespace) -> int:
-    reply = _ask(args, "status")
-    if not reply or not reply[-1].get("ok"):
-        print(f"error: {reply[-1].get('error') if reply else 'no answer'}")
-        return 1
+    from agent.daemon_client import status
+
+    state = status(_runtime_dir(args))
     if args.json:
-        print(json.dumps(reply[-1]["status"], indent=2))
-        return 0
+        print(json.dumps(state, indent=2))
+        return OK
     from agent.tui import console, render_status
 
-    console().print(render_status(reply[-1]["status"]))  # type: ignore[arg-type]
-    return 0
+    console().print(render_status(state))
+    return OK
 
 
 def _monitor(args: argparse.Namespace) -> int:
     from agent.tui import monitor
 
-    return monitor(_runtime_dir(args), once=args.once)
+    return monitor(_runtime_dir(args), once=args.once, interval=args.interval)
 
 
 def _doctor(args: argparse.Namespace) -> int:
     from agent import doctor
+    from agent.checks import Check
+    from agent.tui import print_check, print_doctor, progress_printer
 
-    report = doctor.run(Path(args.config), serial_seconds=args.serial_seconds)
     if args.json:
+        report = doctor.run(Path(args.config), serial_seconds=args.serial_seconds)
         print(json.dumps([c.as_dict() for c in report.checks], indent=2))
-    else:
-        from agent.tui import console, render_doctor
+        return FAILED if report.failed else OK
+    progress = progress_printer(sys.stderr)
 
-        out = console()
-        if out.is_terminal:
-            out.print(render_doctor(report))
-        else:
-            for check in report.checks:
-                hint = f"  -> {check.hint}" if check.hint else ""
-                print(f"{check.result}  {check.name}: {check.detail}{hint}")
-    return 1 if report.failed else 0
+    def show(check: Check) -> None:  # each check as soon as it is made
+        progress("")
+        print_check(check, sys.stdout)
+
+    report = doctor.run(Path(args.config), serial_seconds=args.serial_seconds, progress=progress, on_check=show)
+    print_doctor(report, sys.stdout, checks=False)
+    return FAILED if report.failed else OK
 
 
 def _provision(args: argparse.Namespace) -> int:
@@ -190,36 +175,39 @@ def _provision(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from agent.dispatch import connect, watch
+    from agent.dispatch import BrokerOptions, watch
 
-    client = connect(args.broker, client_id=args.client_id, ca=args.ca, cert=args.cert, key=args.key,
-                     username=args.username, password=args.password)
-    watch(client, args.prefix, args.vehicle, auto_ack=args.auto_ack, alerts_only=args.alerts_only)
-    return 0
+    return watch(BrokerOptions.from_args(args), args.vehicle, auto_ack=args.auto_ack, alerts_only=args.alerts_only)
 
 
 def _dispatch_send(args: argparse.Namespace) -> int:
-    from agent.dispatch import connect, send_ack
+    from agent.dispatch import BrokerOptions, send_command
 
-    client = connect(args.broker, client_id=args.client_id, ca=args.ca, cert=args.cert, key=args.key,
-                     username=args.username, password=args.password)
-    action = "acknowledge" if args.action == "ack" else "clear"
-    send_ack(client, f"{args.prefix}/{args.vehicle}/alert/ack", args.alert_id, action, args.operator)
-    client.loop_stop()
-    client.disconnect()
-    print(f"{action} sent for alert {args.alert_id} of {args.vehicle}")
-    return 0
+    verb = "ack_alert" if args.action == "ack" else "clear_alert"
+    reply = send_command(BrokerOptions.from_args(args), args.vehicle, verb,
+                         {"alert_id": args.alert_id, "operator": args.operator},
+                         timeout=args.timeout, valid_s=args.valid_for)
+    if reply is None:
+        print(f"{verb} {args.alert_id}: no reply from {args.vehicle} within {args.timeout:g} s "
+              "(vehicle offline? the command waits at the broker until it expires)", file=sys.stderr)
+        return NOT_RUNNING
+    verdict = "ok" if reply.get("ok") else "refused"
+    print(f"{args.vehicle} {verdict}: {verb} {args.alert_id}: {reply.get('detail') or ''}".rstrip(": "))
+    return OK if reply.get("ok") else FAILED
 
 
 def _broker_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (mqtts:// for TLS)")
+    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883",
+                        help="broker URL, mqtts://host:8883 for TLS (default mqtt://127.0.0.1:1883)")
     parser.add_argument("--prefix", default="patrol", help="topic prefix (default patrol)")
-    parser.add_argument("--client-id", default="patrol-dispatch-tool")
-    parser.add_argument("--ca")
-    parser.add_argument("--cert")
-    parser.add_argument("--key")
-    parser.add_argument("--username")
-    parser.add_argument("--password")
+    parser.add_argument("--client-id", help="MQTT client id (default: the tool's name and a random suffix, "
+                        "new for every run)")
+    parser.add_argument("--ca", help="CA certificate to verify the broker (PEM)")
+    parser.add_argument("--cert", help="dispatch's client certificate (PEM)")
+    parser.add_argument("--key", help="the client certificate's private key (PEM)")
+    parser.add_argument("--username", help="MQTT user name")
+    parser.add_argument("--password-file", help="file holding the MQTT password (or set PATROL_DISPATCH_PASSWORD); "
+                        "never on the command line")
 
 
 def _daemon_options(parser: argparse.ArgumentParser) -> None:
@@ -242,9 +230,11 @@ def _date(text: str) -> date:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="patrol-agent", description="In-vehicle agent of the patrol management system."
+        prog="patrol-agent", description="In-vehicle agent of the patrol management system.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"patrol-agent {__version__}")
+    parser.add_argument("--version", action="version", version=f"patrol-agent {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the daemon")
@@ -254,10 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="check or show a config file")
     config_sub = config.add_subparsers(dest="action", required=True, metavar="ACTION")
     check = config_sub.add_parser("check", help="validate: exit 0 if valid, 2 with every problem otherwise")
-    check.add_argument("file")
+    check.add_argument("file", help="the config file to check")
     check.set_defaults(func=_config_check)
     show = config_sub.add_parser("show", help="print the effective config (defaults filled in, secrets redacted)")
-    show.add_argument("file")
+    show.add_argument("file", help="the config file to show")
     show.add_argument("--json", action="store_true", help="JSON instead of YAML")
     show.set_defaults(func=_config_show)
 
@@ -277,84 +267,99 @@ def build_parser() -> argparse.ArgumentParser:
     sim_gnss.add_argument("--laps", type=int, default=1000, help="laps of the route (default 1000)")
     sim_gnss.set_defaults(func=_sim_gnss)
     press = sim_sub.add_parser("press", help="press a simulated input of the running daemon")
-    press.add_argument("name")
+    press.add_argument("name", help="the input's name in the config (inputs.panic_buttons / digital)")
     press.add_argument("--hold", type=float, help="release after this many seconds")
     _daemon_options(press)
     press.set_defaults(func=_sim_press)
     release = sim_sub.add_parser("release", help="release a simulated input of the running daemon")
-    release.add_argument("name")
+    release.add_argument("name", help="the input's name in the config (inputs.panic_buttons / digital)")
     _daemon_options(release)
     release.set_defaults(func=_sim_release)
 
     panic = sub.add_parser("panic", help="panic alarm tools")
     panic_sub = panic.add_subparsers(dest="action", required=True, metavar="ACTION")
     test = panic_sub.add_parser("test", help="send a test alarm through the whole path and show each stage")
-    test.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for dispatch (default 60)")
+    test.add_argument("--timeout", type=float, default=60.0,
+                      help="seconds to wait for dispatch's acknowledgement before giving up (default 60)")
     _daemon_options(test)
     test.set_defaults(func=_panic_test)
 
     status = sub.add_parser("status", help="the running daemon's state")
     _daemon_options(status)
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="the daemon's state as JSON (for scripts)")
     status.set_defaults(func=_status)
 
     monitor = sub.add_parser("monitor", help="a live view of the unit (fix, link, outbox, inputs, alerts)")
     _daemon_options(monitor)
     monitor.add_argument("--once", action="store_true", help="print one frame and exit")
+    monitor.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     monitor.set_defaults(func=_monitor)
 
     doctor = sub.add_parser("doctor", help="check the unit: config, receiver, GPIO, broker, clock, disk, service")
-    doctor.add_argument("--config", default=DEFAULT_CONFIG)
-    doctor.add_argument("--json", action="store_true")
-    doctor.add_argument("--serial-seconds", type=float, default=2.5, help="how long to listen to the receiver")
+    doctor.add_argument("--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+    doctor.add_argument("--json", action="store_true", help="the checks as JSON (for scripts)")
+    doctor.add_argument("--serial-seconds", type=float, default=2.5,
+                        help="how long to listen to the receiver at its configured rate (default 2.5)")
     doctor.set_defaults(func=_doctor)
 
     provision = sub.add_parser("provision", help="write this vehicle's config from flags, then run doctor")
     provision.add_argument("--config", default=DEFAULT_CONFIG, help="where to write it")
-    provision.add_argument("--vehicle-id", required=True)
-    provision.add_argument("--unit", required=True)
-    provision.add_argument("--directorate", required=True)
+    provision.add_argument("--vehicle-id", required=True, help="this vehicle's id (its certificate's CN)")
+    provision.add_argument("--unit", required=True, help="owning unit or station")
+    provision.add_argument("--directorate", required=True, help="border, general, traffic...")
     provision.add_argument("--broker", action="append", required=True, help="mqtts://host:8883 (repeatable)")
-    provision.add_argument("--ca")
-    provision.add_argument("--cert")
-    provision.add_argument("--key")
-    provision.add_argument("--gnss-port", default="/dev/serial0")
-    provision.add_argument("--baudrate", type=int, default=9600)
-    provision.add_argument("--state-dir")
-    provision.add_argument("--runtime-dir")
+    provision.add_argument("--ca", help="the fleet CA certificate (PEM)")
+    provision.add_argument("--cert", help="this vehicle's client certificate (PEM)")
+    provision.add_argument("--key", help="this vehicle's private key (PEM)")
+    provision.add_argument("--gnss-port", default="/dev/serial0", help="the receiver's serial port")
+    provision.add_argument("--baudrate", type=int, default=9600, help="the receiver's baud rate (default 9600)")
+    provision.add_argument("--state-dir", help="where the outbox lives (default /var/lib/patrol-agent)")
+    provision.add_argument("--runtime-dir", help="where the control socket lives (default /run/patrol-agent)")
     provision.add_argument("--lab", action="store_true", help="lab set-up: allow plain TCP (warned at every start)")
     provision.add_argument("--simulation", action="store_true", help="mock GPIO")
     provision.add_argument("--force", action="store_true", help="replace an existing config")
-    provision.add_argument("--no-doctor", action="store_true")
-    provision.add_argument("--serial-seconds", type=float, default=2.5)
+    provision.add_argument("--no-doctor", action="store_true", help="do not run doctor afterwards")
+    provision.add_argument("--serial-seconds", type=float, default=2.5,
+                           help="doctor: how long to listen to the receiver")
     provision.set_defaults(func=_provision)
 
-    watch = sub.add_parser("watch", help="dispatch's view: print what the vehicles send")
+    watch = sub.add_parser("watch", help="dispatch's view: print what the vehicles send", allow_abbrev=False)
     _broker_options(watch)
     watch.add_argument("--vehicle", default="+", help="one vehicle id (default all)")
     watch.add_argument("--auto-ack", action="store_true", help="acknowledge every alert (demo)")
-    watch.add_argument("--alerts-only", action="store_true")
+    watch.add_argument("--alerts-only", action="store_true", help="print alerts only")
     watch.set_defaults(func=_watch)
 
-    dispatch = sub.add_parser("dispatch", help="dispatch side: acknowledge or clear an alert")
+    dispatch = sub.add_parser("dispatch", help="dispatch side: acknowledge or clear an alert, wait for the answer")
     dispatch_sub = dispatch.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action, text in (("ack", "acknowledge an alert"), ("clear", "clear (close) an alert")):
-        cmd = dispatch_sub.add_parser(action, help=text)
-        cmd.add_argument("vehicle")
-        cmd.add_argument("alert_id")
-        cmd.add_argument("--operator", default="dispatcher")
+    for action, text in (("ack", "acknowledge an alert (ack_alert on the vehicle's cmd topic)"),
+                         ("clear", "clear (close) an alert (clear_alert on the vehicle's cmd topic)")):
+        cmd = dispatch_sub.add_parser(action, help=text, epilog=EXIT_CODES, allow_abbrev=False,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+        cmd.add_argument("vehicle", help="the vehicle's id")
+        cmd.add_argument("alert_id", help="the alert's id (from watch or status)")
+        cmd.add_argument("--operator", default="dispatcher", help="who acts, as the vehicle reports it")
+        cmd.add_argument("--timeout", type=float, default=10.0,
+                         help="seconds to wait for the vehicle's reply (default 10; exit 3 without one)")
+        cmd.add_argument("--valid-for", type=float, default=60.0,
+                         help="seconds the command stays valid, at most 3600 (default 60)")
         _broker_options(cmd)
         cmd.set_defaults(func=_dispatch_send)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from agent.daemon_client import ToolError
+
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
+    except ToolError as exc:
+        print(f"patrol-agent {args.command}: {exc}", file=sys.stderr)
+        return exc.code
     except BrokenPipeError:  # `... | head`: the reader has what it wanted
         sys.stderr.close()
-        return 0
+        return OK
     except KeyboardInterrupt:
         return 130
     return code

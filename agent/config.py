@@ -186,6 +186,13 @@ class OutputsConfig(Section):
     covert: bool = False
 
 
+class GpioConfig(Section):
+    """gpiozero's pin factory: ``lgpio`` on a Raspberry Pi; ``auto`` takes lgpio where it can be opened and
+    otherwise falls back to ``native``, reported as a fault; ``mock`` whenever ``simulation`` is on."""
+
+    pin_factory: Literal["auto", "lgpio", "mock", "native", "rpigpio", "pigpio"] = "auto"
+
+
 class PanicConfig(Section):
     republish_s: Seconds = 15.0
 
@@ -211,6 +218,7 @@ class AgentConfig(Section):
     outbox: OutboxConfig = OutboxConfig()
     inputs: InputsConfig = InputsConfig()
     outputs: OutputsConfig = OutputsConfig()
+    gpio: GpioConfig = GpioConfig()
     reporting: ReportingConfig = ReportingConfig()
     panic: PanicConfig = PanicConfig()
     health: HealthConfig = HealthConfig()

@@ -1,8 +1,10 @@
 """The local control socket: how the CLI talks to the running daemon.
 
-A UNIX stream socket in the runtime directory, mode 0600 (owner only); no
-network port. The server thread ("control") accepts connections; one short
-thread per connection reads a single JSON request line and puts a
+A UNIX stream socket in the runtime directory, mode 0660: the daemon's user
+and its group (``patrol-agent``: technicians join it to run ``status``,
+``monitor`` and ``panic test`` without root); no network port. The server
+thread ("control") accepts connections; one short thread per connection
+reads a single JSON request line and puts a
 :class:`ControlRequest` on the core's queue. The core answers with
 :meth:`ControlRequest.send` (one JSON line each; a request may get several,
 e.g. the stages of a test alarm) and :meth:`ControlRequest.finish`. The
@@ -70,12 +72,12 @@ class ControlServer:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
+        old = os.umask(0o117)
         try:
             sock.bind(str(self.path))
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
+        os.chmod(self.path, 0o660)  # the group is the daemon's own (the unit's Group=)
         sock.listen(8)
         sock.settimeout(0.5)
         self._sock = sock

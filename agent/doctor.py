@@ -4,56 +4,36 @@ Runs in the CLI process, as the technician fitting the unit. It reads the
 config, the receiver (with baud-rate detection), the GPIO chip, and walks to
 the broker step by step (DNS, TCP, TLS, MQTT authentication) so that
 "certificate expired" is told apart from "connection refused". When the
-daemon is running it holds the serial port: the receiver's state is then
-asked of the daemon through its control socket.
+daemon is running it holds the serial port and the GPIO lines: their state
+is then asked of the daemon through its control socket. Another process
+holding the port (gpsd, ModemManager) is found in /proc and named.
+
+Long steps report what they do through ``progress`` (the baud-rate scan
+takes up to 13 s); each check is handed to ``on_check`` as soon as it is
+made, so the technician sees the report grow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import select
 import socket
 import ssl
 import stat
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.checks import FAIL, PASS, WARN, Check, Progress, Report, silent
 from agent.clock import system_clock_synced
-from agent.config import BAUD_RATES, AgentConfig, load
+from agent.config import AgentConfig, load
+from agent.doctor_hw import check_gnss, check_gpio, check_modes
 from agent.errors import ConfigError
 from agent.link_policy import Broker, tls_context
-from drivers.gnss import NmeaDecoder
 
-PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
-
-
-@dataclass
-class Check:
-    name: str
-    result: str
-    detail: str
-    hint: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        return {"check": self.name, "result": self.result, "detail": self.detail, "hint": self.hint}
-
-
-@dataclass
-class Report:
-    checks: list[Check] = field(default_factory=list)
-
-    def add(self, name: str, result: str, detail: str, hint: str = "") -> Check:
-        check = Check(name, result, detail, hint)
-        self.checks.append(check)
-        return check
-
-    @property
-    def failed(self) -> bool:
-        return any(c.result == FAIL for c in self.checks)
+__all__ = ["FAIL", "PASS", "WARN", "Check", "Report", "run"]
 
 
 # --- config and files -----------------------------------------------------------
@@ -110,101 +90,6 @@ def check_certificate(report: Report, path: Path, vehicle_id: str) -> None:
         report.add("client certificate", PASS, f"CN={cn}, valid until {info['notAfter']}")
 
 
-# --- the receiver ---------------------------------------------------------------
-
-
-def probe_serial(port: str, baudrate: int, seconds: float) -> tuple[int, int, Any]:
-    """(bytes read, valid sentences, the last fix) at one baud rate."""
-    import serial
-
-    decoder = NmeaDecoder()
-    got = 0
-    last = None
-    with serial.serial_for_url(port, baudrate=baudrate, timeout=0, exclusive=True) as ser:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([ser.fileno()], [], [], 0.1)
-            if ready:
-                data = ser.read(ser.in_waiting or 1)
-                got += len(data)
-                for fix in decoder.feed(data):
-                    last = fix
-                if decoder.counters.sentences >= 10 and last is not None:
-                    break
-        for fix in decoder.flush():
-            last = fix
-    return got, decoder.counters.sentences, last
-
-
-def check_gnss(report: Report, cfg: AgentConfig, daemon: Callable[[], dict[str, Any] | None],
-               seconds: float = 2.5) -> None:
-    port = cfg.gnss.port
-    if "://" not in port and not os.path.exists(port):
-        report.add("GNSS device", FAIL, f"{port} does not exist",
-                   "receiver unplugged or not powered? check the cable, `ls /dev/serial/by-id/`, gnss.port")
-        return
-    try:
-        got, sentences, fix = probe_serial(port, cfg.gnss.baudrate, seconds)
-    except Exception as exc:  # serial raises several kinds
-        status = daemon()  # the running agent holds the port (exclusively): ask it instead
-        if status is not None:
-            gnss = status.get("gnss", {})
-            result = PASS if gnss.get("state") in ("fix", "no_fix") else FAIL
-            report.add("GNSS device", result, f"in use by the running agent: {gnss.get('state')}, "
-                       f"{gnss.get('sentences')} sentences")
-            report.add("GNSS fix", PASS if gnss.get("state") == "fix" else WARN,
-                       f"mode {gnss.get('mode')}, {gnss.get('sats_used')} satellites (from the agent)")
-            return
-        report.add("GNSS device", FAIL, f"cannot open {port}: {exc}", "permission? the service user is in dialout")
-        return
-    if sentences:
-        report.add("GNSS device", PASS, f"NMEA flowing at {cfg.gnss.baudrate} baud ({sentences} sentences)")
-        report_fix(report, fix)
-        return
-    found = None
-    for rate in (r for r in BAUD_RATES if r != cfg.gnss.baudrate):
-        _, rate_sentences, rate_fix = probe_serial(port, rate, 1.5)
-        if rate_sentences:
-            found = (rate, rate_fix)
-            break
-    if found is not None:
-        report.add("GNSS device", FAIL, f"no NMEA at {cfg.gnss.baudrate} baud; found NMEA at {found[0]} baud",
-                   f"set gnss.baudrate: {found[0]}")
-        report_fix(report, found[1])
-    elif got:
-        report.add("GNSS device", FAIL, f"{got} bytes but no NMEA at any baud rate",
-                   "a receiver speaking a binary protocol (UBX?) or a broken line")
-    else:
-        report.add("GNSS device", FAIL, f"no data from {port} in {seconds:g} s",
-                   "receiver off, or TX not wired to the unit's RX")
-
-
-def report_fix(report: Report, fix: Any) -> None:
-    if fix is not None and fix.has_position:
-        report.add("GNSS fix", PASS, f"{fix.mode}D fix, {fix.sats_used or '?'} satellites, HDOP {fix.hdop}")
-    else:
-        report.add("GNSS fix", WARN, "no fix yet", "under open sky a cold start takes up to a minute")
-
-
-# --- GPIO -----------------------------------------------------------------------
-
-
-def check_gpio(report: Report, cfg: AgentConfig) -> None:
-    if cfg.simulation:
-        report.add("GPIO", PASS, "simulation: mock pins")
-        return
-    chips = sorted(Path("/dev").glob("gpiochip*"))
-    if not chips:
-        report.add("GPIO", FAIL, "no /dev/gpiochip*", "not a Raspberry Pi, or the GPIO driver is not loaded")
-        return
-    if not all(os.access(chip, os.R_OK | os.W_OK) for chip in chips):
-        report.add("GPIO", WARN, f"{chips[0]} not accessible to this user",
-                   "the service user is in the gpio group; run doctor as root or that user")
-        return
-    pins = [i.pin for i in (*cfg.inputs.panic_buttons, *cfg.inputs.digital)]
-    report.add("GPIO", PASS, f"{len(chips)} chip(s); pins in use: {', '.join(map(str, pins)) or 'none'}")
-
-
 # --- the broker, step by step ----------------------------------------------------------
 
 
@@ -236,6 +121,7 @@ CONNACK = {1: "unacceptable protocol version", 2: "client id rejected", 3: "serv
 def check_broker(report: Report, cfg: AgentConfig, url: str, timeout: float = 5.0) -> None:
     broker = Broker.parse(url)
     name = f"broker {broker.host}:{broker.port}"
+    report.progress(f"{name}: resolving, connecting, TLS, MQTT (up to {timeout:g} s each)")
     try:
         addresses = socket.getaddrinfo(broker.host, broker.port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
@@ -273,6 +159,10 @@ def check_broker(report: Report, cfg: AgentConfig, url: str, timeout: float = 5.
         password = cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None
         client_id = f"{cfg.mqtt.client_id or 'patrol-' + cfg.vehicle.id}-doctor"
         try:
+            if broker.tls:  # TLS 1.3: a refused client certificate comes as an alert after the handshake; read
+                sock.settimeout(0.5)  # it before writing, or the broker's reset can swallow it
+                with contextlib.suppress(TimeoutError):
+                    sock.recv(1)
             sock.settimeout(timeout)
             sock.sendall(_connect_packet(client_id, cfg.mqtt.username, password))
             reply = sock.recv(4)
@@ -307,8 +197,11 @@ def _tls_hint(exc: ssl.SSLError) -> str:
     reason = _tls_reason(exc)
     if "expired" in reason:
         return "the client certificate has expired: install a renewed one"
-    if "unknown ca" in reason or "bad certificate" in reason or "certificate required" in reason:
-        return "the broker does not accept this vehicle's certificate (another CA?)"
+    if "certificate required" in reason:
+        return "the broker wants a client certificate: set mqtt.tls.cert_file and key_file"
+    if any(word in reason for word in ("unknown ca", "bad certificate", "decrypt error", "unsupported certificate")):
+        return ("the broker does not trust this vehicle's certificate: certificate from another CA? "
+                "(it must be issued by the fleet CA the broker uses)")
     if "revoked" in reason:
         return "this vehicle's certificate has been revoked"
     return "see the broker's log"
@@ -357,12 +250,13 @@ def check_service(report: Report, daemon: Callable[[], dict[str, Any] | None]) -
         report.add("service", WARN, "not running", "systemctl start patrol-agent")
 
 
-def run(config_path: Path, *, serial_seconds: float = 2.5) -> Report:
-    report = Report()
+def run(config_path: Path, *, serial_seconds: float = 2.5, progress: Progress | None = None,
+        on_check: Callable[[Check], None] | None = None, gpio_select: Callable[..., Any] | None = None) -> Report:
+    report = Report(on_check=on_check, progress=progress or silent)
     try:
         cfg = load(config_path)
     except ConfigError as exc:
-        report.add("config", FAIL, "; ".join(exc.problems)[:300], f"patrol-agent config check {config_path}")
+        report.add("config", FAIL, "; ".join(exc.problems), f"patrol-agent config check {config_path}")
         return report
     report.add("config", PASS, f"{config_path}: vehicle {cfg.vehicle.id}")
     check_files(report, config_path, cfg)
@@ -376,11 +270,13 @@ def run(config_path: Path, *, serial_seconds: float = 2.5) -> Report:
             return None
         return reply[-1].get("status") if reply else None
 
+    check_modes(report, cfg)
     check_gnss(report, cfg, daemon, serial_seconds)
-    check_gpio(report, cfg)
+    check_gpio(report, cfg, daemon, gpio_select)
     for url in cfg.mqtt.brokers:
         check_broker(report, cfg, url)
     check_clock(report)
     check_disk(report, cfg)
     check_service(report, daemon)
+    report.progress("")
     return report

@@ -42,7 +42,7 @@ class Health:
     def __init__(self, cfg: AgentConfig, *, sender: Sender, faults: Faults, positioning: Positioning,
                  forwarder: Forwarder, alerts: Alerts, buttons: Buttons, supervisor: Supervisor,
                  notifier: Notifier, gnss_counters: Callable[[], dict[str, int]], started: float,
-                 extra_faults: Callable[[], set[str]] = set) -> None:
+                 gpio: dict[str, Any] | None = None, extra_faults: Callable[[], set[str]] = set) -> None:
         self._cfg = cfg
         self._sender = sender
         self._faults = faults
@@ -55,6 +55,7 @@ class Health:
         self._gnss_counters = gnss_counters
         self._started = started
         self._extra_faults = extra_faults
+        self._gpio = gpio or {}
         self._next_health = started + cfg.health.interval_s
         self._next_status = float("-inf")
 
@@ -86,6 +87,12 @@ class Health:
         alert = self._alerts.emergency_id
         if alert:
             line += f", EMERGENCY {alert[:8]}"
+        if "gpio_unavailable" in self._faults:
+            line += ", NO GPIO: PANIC BUTTONS OFF"
+        elif "gpio_fallback" in self._faults:
+            line += f", GPIO FALLBACK ({self._gpio.get('factory')})"
+        if self._cfg.simulation:
+            line += ", SIMULATION"
         faults = self.fault_codes()
         return line + (f", faults {len(faults)}" if faults else "")
 
@@ -113,6 +120,7 @@ class Health:
                      "reconnects": link.reconnects, "last_error": link.last_error,
                      "connected_for_s": None if link.up_since is None else round(now - link.up_since, 1)},
             "inputs": self._buttons.inputs(), "faults": self.fault_codes(), "lab_mode": self._cfg.mqtt.lab_mode,
+            "simulation": self._cfg.simulation, "gpio_factory": self._gpio.get("factory"),
         }
 
     def status(self, now: float) -> dict[str, Any]:
@@ -138,5 +146,5 @@ class Health:
         state["status_line"] = self.status_line(now)
         state["threads"] = self._supervisor.snapshot()
         state["faults_detail"] = dict(self._faults.open)
-        state["simulation"] = self._cfg.simulation
+        state["gpio"] = self._gpio
         return state

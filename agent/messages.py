@@ -168,6 +168,8 @@ class Health(Message):
     inputs: dict[str, bool] = {}
     faults: list[str] = []
     lab_mode: bool = False
+    simulation: bool = Field(default=False, description="simulated hardware: the real panic buttons are off")
+    gpio_factory: str | None = Field(default=None, description="gpiozero pin factory in use (lgpio on a Pi)")
 
 
 class CommandReply(Message):

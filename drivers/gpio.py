@@ -11,16 +11,109 @@ Feedback patterns (:class:`Feedback`): raised but not yet delivered: fast
 blink and short beeps; delivered to the broker: slow blink; acknowledged by
 dispatch: steady light, one long beep; idle: dark and silent. In covert mode
 no output device is even created: the pins are never touched.
+
+The pin factory is chosen once, at start, by :func:`select_factory` from
+``gpio.pin_factory`` (``mock`` whenever ``simulation`` is on): ``lgpio`` is
+the one that works on every current Raspberry Pi (the Pi 5 and kernel 6.6
+included); ``auto`` takes lgpio where it can be opened and otherwise falls
+back to gpiozero's native factory, *reported* as a fallback (its edge
+detection is broken on the Pi 5 and kernel 6.6, gpiozero issues 1131 and
+1136), so that the daemon raises a fault and doctor fails.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from agent.config import InputPinConfig, OutputPinConfig, OutputsConfig
+
+FACTORIES = {
+    "lgpio": ("gpiozero.pins.lgpio", "LGPIOFactory"),
+    "rpigpio": ("gpiozero.pins.rpigpio", "RPiGPIOFactory"),
+    "pigpio": ("gpiozero.pins.pigpio", "PiGPIOFactory"),
+    "native": ("gpiozero.pins.native", "NativeFactory"),
+    "mock": ("gpiozero.pins.mock", "MockFactory"),
+}
+AUTO_FALLBACK = "native"
+
+
+@dataclass
+class FactoryChoice:
+    """The pin factory in use and how it was chosen. ``factory`` is None when none could be made."""
+
+    factory: Any
+    name: str
+    is_fallback: bool
+    problems: list[str] = field(default_factory=list)
+    requested: str = "auto"
+
+    @property
+    def usable(self) -> bool:
+        return self.factory is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        """For the daemon's status and health: ``{"factory", "requested", "is_fallback", "problems"}``."""
+        return {"factory": self.name if self.factory is not None else None, "requested": self.requested,
+                "is_fallback": self.is_fallback, "problems": list(self.problems)}
+
+
+def load_factory(name: str) -> Any:
+    """gpiozero's factory ``name``, constructed (raises what the library raises: no module, no chip...)."""
+    module, cls = FACTORIES[name]
+    factory = getattr(importlib.import_module(module), cls)()
+    if name == "lgpio" and not os.access(os.getcwd(), os.W_OK):
+        factory.close()
+        raise OSError(f"the working directory {os.getcwd()} is not writable: lgpio makes its notification pipes "
+                      "there (gpiozero issue 1106); the unit sets WorkingDirectory=/run/patrol-agent")
+    return factory
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + " [...]"
+
+
+def select_factory(setting: str, *, simulation: bool,
+                   load: Callable[[str], Any] = load_factory) -> FactoryChoice:
+    """The pin factory for ``gpio.pin_factory``; never raises: what went wrong is in ``problems``."""
+    if simulation:
+        return FactoryChoice(load("mock"), "mock", False, [], requested=setting)
+    if setting != "auto":
+        try:
+            return FactoryChoice(load(setting), setting, False, [], requested=setting)
+        except Exception as exc:  # gpiozero and the libraries raise many kinds
+            return FactoryChoice(None, setting, False, [f"{setting}: {_why(exc)}"], requested=setting)
+    problems = []
+    try:
+        return FactoryChoice(load("lgpio"), "lgpio", False, [], requested=setting)
+    except Exception as exc:
+        problems.append(f"lgpio: {_why(exc)}")
+    try:
+        factory = load(AUTO_FALLBACK)
+    except Exception as exc:
+        problems.append(f"{AUTO_FALLBACK}: {_why(exc)}")
+        return FactoryChoice(None, "none", True, problems, requested=setting)
+    problems.append(f"fell back to gpiozero's {AUTO_FALLBACK} factory: its edge detection is unreliable "
+                    "(broken on the Pi 5 and kernel 6.6)")
+    return FactoryChoice(factory, AUTO_FALLBACK, True, problems, requested=setting)
+
+
+def read_level(cfg: InputPinConfig, factory: Any) -> bool:
+    """Open one input through ``factory``, read whether it is active, close it (doctor)."""
+    pull_up: bool | None = {"up": True, "down": False, "none": None}[cfg.pull]
+    from gpiozero import DigitalInputDevice
+
+    device = DigitalInputDevice(cfg.pin, pull_up=pull_up, active_state=None if pull_up is not None
+                                else cfg.active_high, pin_factory=factory)
+    try:
+        return bool(device.is_active)
+    finally:
+        device.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,9 @@ wrong CA, expired client certificate, world-readable key."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import termios
 import threading
 import time
@@ -16,7 +19,7 @@ import yaml
 
 from agent import doctor
 from agent.cli import main
-from tests.support.agent_proc import agent_config
+from tests.support.agent_proc import ROOT, agent_config
 from tests.support.broker import Mosquitto, free_port, tls_listener
 from tests.support.nmea import epoch
 from tools.make_certs import issue, make_ca
@@ -186,3 +189,114 @@ def test_doctor_exits_non_zero_on_a_fail_and_prints_plain_text(
     out = capsys.readouterr().out
     assert code == 1
     assert "FAIL  broker 127.0.0.1" in out and "connection refused" in out
+
+
+def test_a_certificate_from_another_ca_with_the_same_name_gets_the_another_ca_hint(
+        tmp_path: Path, pki: Path, tls_broker: Mosquitto) -> None:
+    twin = make_ca(pki, "twin-ca")  # make_certs.py run a second time: same CA name, another key
+    issue(pki, "foreign", "PV-TEST-1", twin)
+    cfg = tls_config(tmp_path, tls_broker.port, pki, cert="foreign")
+    check = result(doctor.run(write_config(tmp_path, cfg), serial_seconds=0.2), f"broker localhost:{tls_broker.port}")
+    assert check.result == "FAIL", check
+    assert "certificate from another CA?" in check.hint, check
+
+
+def test_a_port_held_by_another_program_is_named(tmp_path: Path, broker: Mosquitto) -> None:
+    gnss = tmp_path / "gnss"
+    receiver = Receiver(gnss, baud=9600)
+    receiver.start()
+    gpsd = tmp_path / "gpsd"  # a program of that name holding the port open, as gpsd does
+    shutil.copy("/bin/sleep", gpsd)
+    with gnss.open("rb") as port:
+        holder = subprocess.Popen([str(gpsd), "30"], stdin=port)
+    try:
+        time.sleep(0.2)
+        report = doctor.run(write_config(tmp_path, agent_config(tmp_path, broker.port, gnss)), serial_seconds=1)
+    finally:
+        holder.kill()
+        holder.wait()
+        receiver.close()
+    check = result(report, "GNSS device")
+    assert check.result == "FAIL" and f"held by gpsd (pid {holder.pid})" in check.detail, check
+    assert "systemctl disable --now gpsd.socket gpsd" in check.hint
+
+
+def run_cli(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", "doctor", "--config", str(config), *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_the_baud_scan_shows_progress_and_the_report_ends_with_a_verdict(tmp_path: Path, broker: Mosquitto) -> None:
+    gnss = tmp_path / "gnss"
+    receiver = Receiver(gnss, baud=None)  # nothing at any rate: the whole scan runs
+    receiver.start()
+    try:
+        done = run_cli(write_config(tmp_path, agent_config(tmp_path, broker.port, gnss)), "--serial-seconds", "0.5")
+    finally:
+        receiver.close()
+    assert done.returncode == 1
+    progress = [line for line in done.stderr.splitlines() if "baud" in line]
+    assert len(progress) >= 7 and "trying 4800 baud (1/7)" in progress[1], done.stderr
+    last = done.stdout.strip().splitlines()[-2:]
+    assert last[0].startswith("verdict: FAIL (1 FAIL, "), done.stdout
+    assert "run patrol-agent doctor again" in " ".join(last)
+
+
+def test_lines_wrap_at_80_columns_and_nothing_is_cut(tmp_path: Path) -> None:
+    deep = tmp_path / ("a-rather-long-directory-name-for-a-vehicle-unit" * 2) / "etc" / "patrol-agent"
+    deep.mkdir(parents=True)
+    cfg = agent_config(deep, free_port(), deep / "gnss-receiver-with-a-long-name")
+    done = run_cli(write_config(deep, cfg), "--serial-seconds", "0.2")
+    lines = done.stdout.splitlines()
+    assert "..." not in done.stdout and "…" not in done.stdout
+    for line in lines:  # longer than 80 only where a single word (a path) is: it is kept whole to be copied
+        assert len(line) <= 80 or " " not in line.strip().removeprefix("-> ").strip(), line
+    assert str(deep / "gnss-receiver-with-a-long-name") in done.stdout.split(), "the path comes whole, on one line"
+
+
+def test_no_panic_button_simulation_and_lab_mode_each_warn(tmp_path: Path, broker: Mosquitto) -> None:
+    cfg = agent_config(tmp_path, broker.port, tmp_path / "gnss")
+    cfg["inputs"]["panic_buttons"] = []
+    report = doctor.run(write_config(tmp_path, cfg), serial_seconds=0.2)
+    assert result(report, "panic buttons").result == "WARN"
+    assert "panic buttons are OFF" in result(report, "simulation").detail
+    assert result(report, "simulation").result == "WARN"
+    assert result(report, "lab mode").result == "WARN"
+
+
+def test_simulated_inputs_are_opened_and_read(tmp_path: Path, broker: Mosquitto) -> None:
+    report = doctor.run(write_config(tmp_path, agent_config(tmp_path, broker.port, tmp_path / "gnss")),
+                        serial_seconds=0.2)
+    assert result(report, "GPIO pin factory").detail == "mock (simulation)"
+    check = result(report, "input driver (pin 17)")
+    assert check.result == "PASS" and check.detail == "opened, reads idle"
+
+
+def test_no_pin_factory_on_this_machine_fails_with_buttons_configured(tmp_path: Path, broker: Mosquitto) -> None:
+    cfg = agent_config(tmp_path, broker.port, tmp_path / "gnss", simulation=False)  # not a Pi: no GPIO at all
+    check = result(doctor.run(write_config(tmp_path, cfg), serial_seconds=0.2), "GPIO pin factory")
+    assert check.result == "FAIL" and "lgpio:" in check.detail and "native:" in check.detail, check
+
+
+def test_a_fallback_factory_fails_with_buttons_configured_and_warns_without(tmp_path: Path, broker: Mosquitto) -> None:
+    from gpiozero.pins.mock import MockFactory
+
+    from drivers.gpio import select_factory
+
+    def no_lgpio(name: str) -> Any:  # lgpio missing, gpiozero's native factory there (mock pins stand in for it)
+        if name == "lgpio":
+            raise ImportError("No module named 'lgpio'")
+        return MockFactory()
+
+    def choose(setting: str, *, simulation: bool) -> Any:
+        return select_factory(setting, simulation=simulation, load=no_lgpio)
+
+    cfg = agent_config(tmp_path, broker.port, tmp_path / "gnss", simulation=False)
+    with_buttons = result(doctor.run(write_config(tmp_path, cfg), serial_seconds=0.2, gpio_select=choose),
+                          "GPIO pin factory")
+    cfg["inputs"]["panic_buttons"] = []
+    without = result(doctor.run(write_config(tmp_path, cfg), serial_seconds=0.2, gpio_select=choose),
+                     "GPIO pin factory")
+    assert with_buttons.result == "FAIL" and with_buttons.detail.startswith("native, a fallback"), with_buttons
+    assert "No module named 'lgpio'" in with_buttons.detail
+    assert without.result == "WARN"
