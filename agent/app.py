@@ -71,7 +71,7 @@ class Agent:
                          gnss_info=self.reader.counters)
         self.uplink = Uplink(
             cfg.mqtt,
-            client_id=cfg.mqtt.client_id or f"patrol-{cfg.vehicle.id}",
+            client_id=cfg.mqtt.client_id or cfg.vehicle.id,  # the identity: the certificate's CN
             subscriptions=[self.core.topics.command, self.core.topics.alert_ack],
             will=lambda: (self.core.topics.status, self.core.status_message("offline", "connection lost")),
             events=self.events,

@@ -2,70 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import ssl
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.app import main as agent_main
 from tests.support.agent_proc import AgentProcess, GnssFeeder, agent_config
-from tests.support.broker import Mosquitto, free_port, tls_listener
 from tests.support.pty_gnss import PtyGnss
+from tests.support.reference_broker import ReferenceBroker
+from tests.support.tls_client import Client
 from tools.make_certs import issue, make_ca, revoke
-
-ROOT = Path(__file__).resolve().parent.parent
-ACL = ROOT / "config" / "mosquitto" / "acl"
-
-
-class Client:
-    """A TLS MQTT 3.1.1 client with a certificate, recording what it receives."""
-
-    def __init__(self, port: int, pki: Path, name: str, *, ca: str = "ca") -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self.connected = threading.Event()
-        self.refused: str | None = None
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{name}", protocol=mqtt.MQTTv311)
-        ctx = ssl.create_default_context(cafile=str(pki / f"{ca}.crt"))
-        ctx.load_cert_chain(str(pki / f"{name}.crt"), str(pki / f"{name}.key"))
-        self.client.tls_set_context(ctx)
-        self.client.on_connect = lambda c, u, f, rc, p: self.connected.set() if not rc.is_failure else None
-        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload)))
-        self.client.on_disconnect = lambda c, u, f, rc, p: self.connected.clear()
-        self.client.reconnect_delay_set(1, 1)
-        self.port = port
-
-    def connect(self, timeout: float = 5.0) -> bool:
-        try:
-            self.client.connect("localhost", self.port, keepalive=5)
-        except (ssl.SSLError, OSError) as exc:
-            self.refused = str(exc)
-            return False
-        self.client.loop_start()
-        return self.connected.wait(timeout)
-
-    def publish(self, topic: str, payload: bytes = b"{}") -> None:
-        """Publish as a misbehaving client would; the broker may drop the connection for a denied
-        publish (mosquitto 2.0 does, after acknowledging): paho reconnects, we carry on."""
-        self.connected.wait(5)
-        with contextlib.suppress(RuntimeError, ValueError):
-            self.client.publish(topic, payload, qos=1).wait_for_publish(5)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 @pytest.fixture
@@ -83,16 +33,15 @@ def pki(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def secure_broker(tmp_path: Path, pki: Path) -> Iterator[Mosquitto]:
-    port = free_port()
-    server = Mosquitto(tmp_path / "tls-broker", port=port,
-                       extra_conf=tls_listener(port, pki, acl=ACL, crl=pki / "crl.pem"))
+def secure_broker(tmp_path: Path, pki: Path) -> Iterator[ReferenceBroker]:
+    """The shipped reference config and ACL (config/mosquitto/), with this PKI."""
+    server = ReferenceBroker(tmp_path / "tls-broker", pki)
     server.start()
     yield server
     server.kill()
 
 
-def test_vehicle_a_can_neither_publish_to_nor_read_vehicle_b(secure_broker: Mosquitto, pki: Path) -> None:
+def test_vehicle_a_can_neither_publish_to_nor_read_vehicle_b(secure_broker: ReferenceBroker, pki: Path) -> None:
     dispatch, a, b = (Client(secure_broker.port, pki, n) for n in ("dispatch", "PV-A", "PV-B"))
     try:
         assert dispatch.connect() and a.connect() and b.connect()
@@ -120,7 +69,7 @@ def test_vehicle_a_can_neither_publish_to_nor_read_vehicle_b(secure_broker: Mosq
     assert not any(b"forged" in payload for _, payload in dispatch.messages + b.messages)
 
 
-def test_certificate_from_another_ca_is_refused(secure_broker: Mosquitto, pki: Path) -> None:
+def test_certificate_from_another_ca_is_refused(secure_broker: ReferenceBroker, pki: Path) -> None:
     rogue = Client(secure_broker.port, pki, "PV-ROGUE")
     try:
         assert not rogue.connect(timeout=3)
@@ -128,7 +77,7 @@ def test_certificate_from_another_ca_is_refused(secure_broker: Mosquitto, pki: P
         rogue.close()
 
 
-def test_expired_certificate_is_refused(secure_broker: Mosquitto, pki: Path) -> None:
+def test_expired_certificate_is_refused(secure_broker: ReferenceBroker, pki: Path) -> None:
     expired = Client(secure_broker.port, pki, "PV-EXPIRED")
     try:
         assert not expired.connect(timeout=3)
@@ -136,33 +85,8 @@ def test_expired_certificate_is_refused(secure_broker: Mosquitto, pki: Path) -> 
         expired.close()
 
 
-def test_revoked_vehicle_is_cut_off(secure_broker: Mosquitto, pki: Path) -> None:
-    a, b = Client(secure_broker.port, pki, "PV-A"), Client(secure_broker.port, pki, "PV-B")
-    try:
-        assert a.connect() and b.connect()
-        ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-        revoke(pki, (x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes()), ca_key), [pki / "PV-A.crt"])
-        assert secure_broker.proc is not None
-        os.kill(secure_broker.proc.pid, signal.SIGHUP)
-        time.sleep(1.0)
-        assert a.connected.is_set(), "as documented: a CRL alone leaves the open session connected"
-        secure_broker.restart()  # the documented cut-off: every session is closed, only valid ones come back
-        time.sleep(3.0)
-        assert not a.connected.is_set(), "the revoked vehicle reconnected"
-        assert b.connected.wait(10), "a valid vehicle must come back after the restart"
-    finally:
-        a.close()
-        b.close()
-    fresh = Client(secure_broker.port, pki, "PV-A")
-    try:
-        assert not fresh.connect(timeout=3), "a revoked certificate must be refused on a new connection"
-    finally:
-        fresh.close()
-
-
 def test_the_agent_runs_over_tls_with_its_own_certificate(
-        tmp_path: Path, secure_broker: Mosquitto, pki: Path, gnss_pty: PtyGnss) -> None:
+        tmp_path: Path, secure_broker: ReferenceBroker, pki: Path, gnss_pty: PtyGnss) -> None:
     dispatch = Client(secure_broker.port, pki, "dispatch")
     assert dispatch.connect()
     dispatch.client.subscribe("patrol/#", qos=1)
