@@ -21,33 +21,33 @@ DEFAULT_CONFIG = "/etc/patrol-agent/agent.yaml"
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from agent.config import load
-    from agent.errors import ConfigError
+    from agent.security import check
 
-    try:
-        load(Path(args.file))
-    except ConfigError as exc:
-        for problem in exc.problems:
+    checked = check(Path(args.file))  # the check `run` makes before it starts
+    for warning in checked.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if checked.problems:
+        for problem in checked.problems:
             print(problem, file=sys.stderr)
-        print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        print(f"{args.file}: {len(checked.problems)} problem(s): `patrol-agent run` would refuse it", file=sys.stderr)
         return 2
-    print(f"{args.file}: OK")
+    print(f"{args.file}: OK" + (f" ({len(checked.warnings)} warning(s))" if checked.warnings else ""))
     return 0
 
 
 def _config_show(args: argparse.Namespace) -> int:
     import yaml
 
-    from agent.config import load
-    from agent.errors import ConfigError
+    from agent.config_load import parse
 
-    try:
-        cfg = load(Path(args.file))
-    except ConfigError as exc:
-        for problem in exc.problems:
+    loaded = parse(Path(args.file))
+    if loaded.problems or loaded.cfg is None:
+        for problem in loaded.problems:
             print(problem, file=sys.stderr)
         return 2
-    data = cfg.redacted()
+    for override in loaded.overrides:
+        print(f"# from the environment: {override}", file=sys.stderr)
+    data = loaded.cfg.redacted()
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -253,11 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="check or show a config file")
     config_sub = config.add_subparsers(dest="action", required=True, metavar="ACTION")
-    check = config_sub.add_parser("check", help="validate: exit 0 if valid, 2 with every problem otherwise")
-    check.add_argument("file")
+    check = config_sub.add_parser(
+        "check", help="apply the daemon's start-up checks (schema, TLS files, certificate, key): exit 0 if "
+                      "`run` would start, 2 with every problem and its line otherwise")
+    check.add_argument("file", help="the config file (e.g. /etc/patrol-agent/agent.yaml)")
     check.set_defaults(func=_config_check)
     show = config_sub.add_parser("show", help="print the effective config (defaults filled in, secrets redacted)")
-    show.add_argument("file")
+    show.add_argument("file", help="the config file")
     show.add_argument("--json", action="store_true", help="JSON instead of YAML")
     show.set_defaults(func=_config_show)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,13 +11,20 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
 
+from agent import doctor
 from agent.app import main as agent_main
+from agent.cli import main
+from agent.config import load
+from agent.security import check
 from tests.support.agent_proc import AgentProcess, GnssFeeder, agent_config
 from tests.support.pty_gnss import PtyGnss
 from tests.support.reference_broker import ReferenceBroker
 from tests.support.tls_client import Client
-from tools.make_certs import issue, make_ca, revoke
+from tools.make_certs import issue, load_ca, make_ca, revoke
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -126,20 +135,112 @@ def secure_cfg(tmp_path: Path, pki: Path, **changes: Any) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("changes", "expected"), [
-    ({"brokers": ["mqtt://localhost:1883"]}, "is plain TCP"),
-    ({"tls": {"ca_file": None}}, "mqtt.tls.ca_file: not set"),
-    ({"tls": {"cert_file": "PV-B"}}, "issued to 'PV-B', but this vehicle is 'PV-A'"),
-    ({"tls": {"key_file": "world-readable"}}, "is readable by others"),
-])
-def test_insecure_configs_are_refused_unless_lab(
-        tmp_path: Path, pki: Path, capsys: pytest.CaptureFixture[str], changes: dict[str, Any], expected: str) -> None:
-    tls = changes.get("tls", {})
-    if tls.get("cert_file") == "PV-B":
-        tls["cert_file"] = str(pki / "PV-B.crt")
-    if tls.get("key_file") == "world-readable":
-        (pki / "PV-A.key").chmod(0o644)
-        tls["key_file"] = str(pki / "PV-A.key")
-    assert agent_main(secure_cfg(tmp_path, pki, **changes)) == 2
+def encrypted_key(pki: Path) -> str:
+    key = serialization.load_pem_private_key((pki / "PV-A.key").read_bytes(), None)
+    path = pki / "PV-A-encrypted.key"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.BestAvailableEncryption(b"passphrase")))
+    path.chmod(0o600)
+    return str(path)
+
+
+def chmod_key(pki: Path, mode: int) -> str:
+    (pki / "PV-A.key").chmod(mode)
+    return str(pki / "PV-A.key")
+
+
+#: (what is wrong, how to plant it, the key it is about, what every check must say)
+FAULTS: list[tuple[str, Any, str, str]] = [
+    ("plain TCP", lambda pki: {"brokers": ["mqtt://localhost:1883"]}, "mqtt.brokers", "is plain TCP"),
+    ("no CA", lambda pki: {"tls": {"ca_file": None}}, "mqtt.tls.ca_file", "not set"),
+    ("missing CA", lambda pki: {"tls": {"ca_file": str(pki / "nothing.crt")}}, "mqtt.tls.ca_file", "does not exist"),
+    ("relative CA path", lambda pki: {"tls": {"ca_file": "ca.crt"}}, "mqtt.tls.ca_file", "relative path"),
+    ("another vehicle's certificate", lambda pki: {"tls": {"cert_file": str(pki / "PV-B.crt"),
+                                                           "key_file": str(pki / "PV-B.key")}},
+     "mqtt.tls.cert_file", "issued to 'PV-B', but this vehicle is 'PV-A'"),
+    ("expired certificate", lambda pki: {"tls": {"cert_file": str(pki / "PV-A-expired.crt"),
+                                                 "key_file": str(pki / "PV-A-expired.key")}},
+     "mqtt.tls.cert_file", "expired on"),
+    ("certificate of another CA", lambda pki: {"tls": {"cert_file": str(pki / "PV-ROGUE.crt"),
+                                                       "key_file": str(pki / "PV-ROGUE.key")}},
+     "mqtt.tls.cert_file", "not signed by the CA"),
+    ("server certificate", lambda pki: {"tls": {"cert_file": str(pki / "PV-A-server.crt"),
+                                                "key_file": str(pki / "PV-A-server.key")}},
+     "mqtt.tls.cert_file", "not a client certificate"),
+    ("key of another certificate", lambda pki: {"tls": {"key_file": str(pki / "PV-B.key")}},
+     "mqtt.tls.key_file", "is not the key of"),
+    ("encrypted key", lambda pki: {"tls": {"key_file": encrypted_key(pki)}}, "mqtt.tls.key_file", "is encrypted"),
+    ("key readable by others", lambda pki: {"tls": {"key_file": chmod_key(pki, 0o644)}},
+     "mqtt.tls.key_file", "is readable by others (0644)"),
+    ("key writable by its group", lambda pki: {"tls": {"key_file": chmod_key(pki, 0o660)}},
+     "mqtt.tls.key_file", "is writable by its group (0660)"),
+]
+
+
+@pytest.mark.parametrize(("name", "plant", "key", "expected"), FAULTS, ids=[f[0] for f in FAULTS])
+def test_run_config_check_and_doctor_refuse_the_same_things_with_the_same_words(
+        tmp_path: Path, pki: Path, capsys: pytest.CaptureFixture[str],
+        name: str, plant: Any, key: str, expected: str) -> None:
+    ca = load_ca(pki)
+    issue(pki, "PV-A-expired", "PV-A", ca, expired=True)
+    issue(pki, "PV-A-server", "PV-A", ca, server_hosts=["vehicle.example.org"])
+    path = secure_cfg(tmp_path, pki, **plant(pki))
+    leaf = key.rsplit(".", 1)[1]
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.lstrip().startswith(f"{leaf}:"))
+    # run: refuses to start
+    assert agent_main(path) == 2
     err = capsys.readouterr().err
-    assert "refusing to start" in err and expected in err, err
+    assert f"refusing to start: {path}:{line}: {key}: " in err and expected in err, err
+    # config check: the same problem, with its line, exit 2
+    assert main(["config", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert any(p.startswith(f"{path}:{line}: {key}: ") and expected in p for p in err.splitlines()), err
+    # doctor: a FAIL saying the same
+    cfg = load(path, {})
+    report = doctor.Report()
+    if key == "mqtt.brokers":
+        doctor.check_broker(report, cfg, cfg.mqtt.brokers[0], timeout=0.5)
+        assert any(c.result == "FAIL" and "plain TCP" in c.detail for c in report.checks), report.checks
+        return
+    doctor.check_files(report, path, cfg)
+    if key == "mqtt.tls.ca_file" and cfg.mqtt.tls.ca_file is None:
+        return  # doctor has nothing to look at; its broker step fails at the TLS handshake
+    failed = [c for c in report.checks if c.result == "FAIL"]
+    assert any(expected in c.detail for c in failed), report.checks
+
+
+def test_lab_mode_turns_each_refusal_into_a_warning_that_says_where_lab_mode_was_set(
+        tmp_path: Path, pki: Path) -> None:
+    path = secure_cfg(tmp_path, pki, brokers=["mqtt://localhost:1883"], lab_mode=True)
+    checked = check(path, {})
+    assert checked.problems == [] and checked.cfg is not None
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "lab_mode:" in text)
+    assert any(w.startswith(f"LAB MODE (mqtt.lab_mode: true at {path}:{line}): ") and "plain TCP" in w
+               for w in checked.warnings), checked.warnings
+
+
+def test_a_certificate_not_yet_valid_is_refused_only_when_the_clock_is_known_to_be_right(
+        tmp_path: Path, pki: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    issue(pki, "PV-A", "PV-A", load_ca(pki))
+    path = secure_cfg(tmp_path, pki)
+    early = datetime.now(UTC) - timedelta(days=3)  # the cert starts a day ago: three days ago it was not valid
+    synced = check(path, {}, now=early, clock_synced=True)
+    assert any("mqtt.tls.cert_file: not valid before" in p for p in synced.problems), synced.problems
+    unsynced = check(path, {}, now=early, clock_synced=False)
+    assert unsynced.problems == [], "a Pi without RTC before NTP must still start: its buttons work offline"
+    assert any("not valid before" in w and "not synchronised" in w for w in unsynced.warnings), unsynced.warnings
+
+
+def test_the_daemon_does_not_load_cryptography_to_check_its_certificate(tmp_path: Path, pki: Path) -> None:
+    """The check runs in a child process: the daemon's memory does not pay for cryptography."""
+    path = secure_cfg(tmp_path, pki)
+    code = ("import sys; from pathlib import Path; from agent.security import check; "
+            f"c = check(Path({str(path)!r}), {{}}, as_service=True); "
+            "print(len(c.problems), any(m.startswith('cryptography') for m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.stdout.split() == ["0", "False"], done.stdout + done.stderr
+    (pki / "PV-A.key").chmod(0o644)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.stdout.split() == ["1", "False"], "the child's findings reach the parent: " + done.stdout
