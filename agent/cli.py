@@ -18,6 +18,13 @@ from typing import Any
 from agent import __version__
 
 DEFAULT_CONFIG = "/etc/patrol-agent/agent.yaml"
+BUTTON_HELP = (
+    "a panic button, NAME:PIN[:OPTION,...] (repeatable). NAME: lower-case letters, digits, _; PIN: the BCM GPIO "
+    "number. OPTIONS: press (alarm at once) or hold (the default: held 1 s, against accidental presses), "
+    "hold=SECONDS; active_low (the default: a button to ground, internal pull-up) or active_high (a button to "
+    "3.3 V, internal pull-down); pull=none with active_low/active_high for an external resistor; debounce=MS "
+    "(default 30). Example: --panic-button driver:17 --panic-button passenger:27:press,active_high"
+)
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -172,16 +179,24 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _provision(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from agent import provision
+    from agent.errors import ConfigError
 
     try:
-        path = provision.write(args)
-    except (FileExistsError, ValidationError) as exc:
+        path, warnings = provision.write(args)
+    except FileExistsError as exc:
         print(f"patrol-agent provision: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {path} (0640)")
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"patrol-agent provision: {problem}", file=sys.stderr)
+        print("patrol-agent provision: nothing written: `patrol-agent run` would refuse this config", file=sys.stderr)
+        return 2
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if not args.panic_button:
+        print("warning: no panic button configured (--panic-button NAME:PIN)", file=sys.stderr)
+    print(f"wrote {path}")
     if args.no_doctor:
         return 0
     args.config = str(path)
@@ -231,6 +246,12 @@ def _run(args: argparse.Namespace) -> int:
     from agent.app import main as run_daemon
 
     return run_daemon(Path(args.config))
+
+
+def _panic_button(text: str) -> dict[str, Any]:
+    from agent.provision import panic_button
+
+    return panic_button(text)
 
 
 def _date(text: str) -> date:
@@ -311,24 +332,34 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--serial-seconds", type=float, default=2.5, help="how long to listen to the receiver")
     doctor.set_defaults(func=_doctor)
 
-    provision = sub.add_parser("provision", help="write this vehicle's config from flags, then run doctor")
-    provision.add_argument("--config", default=DEFAULT_CONFIG, help="where to write it")
-    provision.add_argument("--vehicle-id", required=True)
-    provision.add_argument("--unit", required=True)
-    provision.add_argument("--directorate", required=True)
+    provision = sub.add_parser(
+        "provision", help="install this vehicle's certificate and key, write its config, then run doctor",
+        description="Copies the CA, certificate and key into /etc/patrol-agent (key 0640 root:patrol-agent), "
+                    "writes /etc/patrol-agent/agent.yaml with absolute paths, and refuses to write what "
+                    "`patrol-agent run` would refuse (the same check). Then runs doctor.")
+    provision.add_argument("--config", help="where to write the config (default ROOT/etc/patrol-agent/agent.yaml)")
+    provision.add_argument("--root", help="install under this directory instead of / (a lab or a test); the "
+                                          "config names the files there")
+    provision.add_argument("--vehicle-id", required=True, help="the vehicle id: its certificate's CN")
+    provision.add_argument("--unit", required=True, help="owning unit or station")
+    provision.add_argument("--directorate", required=True, help="border, general, traffic...")
     provision.add_argument("--broker", action="append", required=True, help="mqtts://host:8883 (repeatable)")
-    provision.add_argument("--ca")
-    provision.add_argument("--cert")
-    provision.add_argument("--key")
-    provision.add_argument("--gnss-port", default="/dev/serial0")
-    provision.add_argument("--baudrate", type=int, default=9600)
-    provision.add_argument("--state-dir")
-    provision.add_argument("--runtime-dir")
-    provision.add_argument("--lab", action="store_true", help="lab set-up: allow plain TCP (warned at every start)")
-    provision.add_argument("--simulation", action="store_true", help="mock GPIO")
+    provision.add_argument("--ca", help="the fleet CA's certificate (copied to ca.crt)")
+    provision.add_argument("--cert", help="this vehicle's client certificate (copied to vehicle.crt)")
+    provision.add_argument("--key", help="its private key (copied to vehicle.key, 0640 root:patrol-agent)")
+    provision.add_argument("--panic-button", action="append", default=[], metavar="NAME:PIN[:OPTIONS]",
+                           type=_panic_button, help=BUTTON_HELP)
+    provision.add_argument("--gnss-port", default="/dev/serial0", help="the receiver (default /dev/serial0)")
+    provision.add_argument("--baudrate", type=int, default=9600, help="the receiver's baud rate (default 9600)")
+    provision.add_argument("--state-dir", help="outbox and state (default /var/lib/patrol-agent)")
+    provision.add_argument("--runtime-dir", help="control socket (default /run/patrol-agent)")
+    provision.add_argument("--lab", action="store_true",
+                           help="lab set-up: allow plain TCP and no certificate (warned at every start)")
+    provision.add_argument("--simulation", action="store_true", help="mock GPIO (demo and tests)")
     provision.add_argument("--force", action="store_true", help="replace an existing config")
-    provision.add_argument("--no-doctor", action="store_true")
-    provision.add_argument("--serial-seconds", type=float, default=2.5)
+    provision.add_argument("--no-doctor", action="store_true", help="do not run doctor afterwards")
+    provision.add_argument("--serial-seconds", type=float, default=2.5, help="doctor: how long to listen to the "
+                                                                              "receiver")
     provision.set_defaults(func=_provision)
 
     watch = sub.add_parser("watch", help="dispatch's view: print what the vehicles send")
