@@ -366,6 +366,9 @@ def check(path: Path, environ: Mapping[str, str] | None = None, *, now: datetime
             warnings.append(f"LAB MODE (mqtt.lab_mode: true at {lab_from}): {line}")
         else:
             problems.append(line)
+    if loaded.cfg is not None and loaded.cfg.simulation:
+        warnings.append(f"{loaded.where(('simulation',))}: simulation: true: the inputs are mock pins, no real "
+                        "panic button can raise an alarm")
     if loaded.cfg is not None and loaded.cfg.allow_env_security_overrides:
         warnings.append(f"{loaded.where((ALLOW_ENV_SECURITY,))}: {ALLOW_ENV_SECURITY}: the environment may change "
                         "brokers, TLS files, lab mode and simulation")

@@ -217,6 +217,7 @@ def test_lab_mode_turns_each_refusal_into_a_warning_that_says_where_lab_mode_was
     line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "lab_mode:" in text)
     assert any(w.startswith(f"LAB MODE (mqtt.lab_mode: true at {path}:{line}): ") and "plain TCP" in w
                for w in checked.warnings), checked.warnings
+    assert any("simulation: true: the inputs are mock pins" in w for w in checked.warnings), checked.warnings
 
 
 def test_a_certificate_not_yet_valid_is_refused_only_when_the_clock_is_known_to_be_right(
