@@ -10,7 +10,7 @@ the same function ``run``, ``config check`` and doctor use
 (:func:`agent.security.check`) under temporary names, and only then put in
 place. Without ``--ca/--cert/--key`` that check refuses (the reason is shown)
 unless ``--lab`` says this is a lab. An existing config is only replaced with
-``--force``.
+``--force``, except the example that ``make install`` put there.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import yaml
 from agent.errors import ConfigError
 
 GROUP = "patrol-agent"
+#: the first line of config/agent.example.yaml, which `make install` puts in place until provision replaces it
+EXAMPLE_TITLE = "# patrol-agent configuration: every key, with its default and why."
 CONFIG_DIR = Path("etc/patrol-agent")  # under --root (default /)
 MAX_PEM_BYTES = 1 << 20
 
@@ -129,7 +131,7 @@ def write(args: Any) -> tuple[Path, list[str]]:
     root = Path(args.root or "/").absolute()
     conf_dir = root / CONFIG_DIR
     config = Path(args.config).absolute() if args.config else conf_dir / "agent.yaml"
-    if config.exists() and not args.force:
+    if config.exists() and not args.force and not _is_the_example(config):
         raise FileExistsError(f"{config} exists (use --force to replace it)")
     gid = _service_gid()
     sources = {"ca_file": ("ca", args.ca, "ca.crt", 0o644), "cert_file": ("cert", args.cert, "vehicle.crt", 0o644),
@@ -167,6 +169,14 @@ def write(args: Any) -> tuple[Path, list[str]]:
     if checked.problems:  # cannot happen unless the files changed under us: say so rather than pass
         raise ConfigError(checked.problems)
     return config, checked.warnings
+
+
+def _is_the_example(path: Path) -> bool:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as src:
+            return src.readline().rstrip("\n") == EXAMPLE_TITLE
+    except OSError:
+        return False
 
 
 def _unstage(problem: str, renames: list[tuple[str, str]]) -> str:

@@ -143,6 +143,16 @@ def test_provision_refuses_another_vehicles_certificate_and_keeps_what_was_there
     assert {p.name: p.read_bytes() for p in etc.iterdir()} == before
 
 
+def test_the_example_that_install_put_in_place_is_replaced_without_force(tmp_path: Path, fleet: Path) -> None:
+    etc = tmp_path / "root" / "etc" / "patrol-agent"
+    etc.mkdir(parents=True)
+    (etc / "agent.yaml").write_text((ROOT / "config" / "agent.example.yaml").read_text())
+    done = provision(tmp_path, "--ca", str(fleet / "ca.crt"), "--cert", str(fleet / f"{VEHICLE}.crt"),
+                     "--key", str(fleet / f"{VEHICLE}.key"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load((etc / "agent.yaml").read_text())["vehicle"]["id"] == VEHICLE
+
+
 def test_a_contradictory_button_is_refused_by_the_config_check(tmp_path: Path) -> None:
     done = provision(tmp_path, "--lab", "--panic-button", "driver:17:pull=up,active_high", cwd=tmp_path)
     assert done.returncode == 2 and "with pull: up the input is active low" in done.stderr, done.stderr
