@@ -48,21 +48,19 @@ UPLINK_STALE_S = 30.0  # a blocking connect (TCP + TLS) may take connect_timeout
 
 
 def main(config_path: Path) -> int:
-    try:
-        cfg = load(config_path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
-    logs.setup(cfg.log_level)
-    insecure = security.problems(cfg)
-    if insecure and not cfg.mqtt.lab_mode:
-        for problem in insecure:
+    checked = security.check(config_path, as_service=True)  # the same check as `config check` and doctor
+    if checked.problems or checked.cfg is None:
+        for problem in checked.problems:
             print(f"refusing to start: {problem}", file=sys.stderr)
-        print("(for a lab set-up only: mqtt.lab_mode: true)", file=sys.stderr)
+        print("(the same check: patrol-agent config check; for a lab set-up only: mqtt.lab_mode: true)",
+              file=sys.stderr)
         return 2
-    for problem in insecure:
-        log.warning("LAB MODE: %s", problem)
+    cfg: AgentConfig = checked.cfg
+    logs.setup(cfg.log_level)
+    for override in checked.overrides:  # by key, never by value
+        log.info("config: %s", override)
+    for warning in checked.warnings:
+        log.warning("%s", warning)
     return run(cfg, config_path)
 
 
@@ -115,7 +113,8 @@ class Agent:
         if cfg.simulation:
             faults.raise_("simulation", "simulated hardware: GPIO on mock pins, the real panic buttons are OFF")
         will = (self.topics.status, status_message(sender, cfg, "offline", "connection lost"))
-        self.uplink = Uplink(cfg.mqtt, client_id=cfg.mqtt.client_id or f"patrol-{cfg.vehicle.id}",
+        identity = cfg.mqtt.client_id or cfg.vehicle.id  # the certificate's CN, as the reference broker binds it
+        self.uplink = Uplink(cfg.mqtt, client_id=identity,
                              subscriptions=[self.topics.command, self.topics.alert_ack], will=will,
                              post=self.inbox.put)
         forwarder = self.forwarder = Forwarder(cfg.mqtt, self.outbox, self.uplink, clock,

@@ -27,36 +27,43 @@ EXIT_CODES = """exit codes (every command):
   3  the daemon is not running (as systemctl); for `dispatch`: the vehicle did not answer in time
   4  permission denied on the daemon's control socket (join group patrol-agent)
 """
+BUTTON_HELP = (
+    "a panic button, NAME:PIN[:OPTION,...] (repeatable). NAME: lower-case letters, digits, _; PIN: the BCM GPIO "
+    "number. OPTIONS: press (alarm at once) or hold (the default: held 1 s, against accidental presses), "
+    "hold=SECONDS; active_low (the default: a button to ground, internal pull-up) or active_high (a button to "
+    "3.3 V, internal pull-down); pull=none with active_low/active_high for an external resistor; debounce=MS "
+    "(default 30). Example: --panic-button driver:17 --panic-button passenger:27:press,active_high"
+)
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from agent.config import load
-    from agent.errors import ConfigError
+    from agent.security import check
 
-    try:
-        load(Path(args.file))
-    except ConfigError as exc:
-        for problem in exc.problems:
+    checked = check(Path(args.file))  # the check `run` makes before it starts
+    for warning in checked.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if checked.problems:
+        for problem in checked.problems:
             print(problem, file=sys.stderr)
-        print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        print(f"{args.file}: {len(checked.problems)} problem(s): `patrol-agent run` would refuse it", file=sys.stderr)
         return 2
-    print(f"{args.file}: OK")
+    print(f"{args.file}: OK" + (f" ({len(checked.warnings)} warning(s))" if checked.warnings else ""))
     return 0
 
 
 def _config_show(args: argparse.Namespace) -> int:
     import yaml
 
-    from agent.config import load
-    from agent.errors import ConfigError
+    from agent.config_load import parse
 
-    try:
-        cfg = load(Path(args.file))
-    except ConfigError as exc:
-        for problem in exc.problems:
+    loaded = parse(Path(args.file))
+    if loaded.problems or loaded.cfg is None:
+        for problem in loaded.problems:
             print(problem, file=sys.stderr)
         return 2
-    data = cfg.redacted()
+    for override in loaded.overrides:
+        print(f"# from the environment: {override}", file=sys.stderr)
+    data = loaded.cfg.redacted()
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -157,16 +164,24 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _provision(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from agent import provision
+    from agent.errors import ConfigError
 
     try:
-        path = provision.write(args)
-    except (FileExistsError, ValidationError) as exc:
+        path, warnings = provision.write(args)
+    except FileExistsError as exc:
         print(f"patrol-agent provision: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {path} (0640)")
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"patrol-agent provision: {problem}", file=sys.stderr)
+        print("patrol-agent provision: nothing written: `patrol-agent run` would refuse this config", file=sys.stderr)
+        return 2
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if not args.panic_button:
+        print("warning: no panic button configured (--panic-button NAME:PIN)", file=sys.stderr)
+    print(f"wrote {path}")
     if args.no_doctor:
         return 0
     args.config = str(path)
@@ -221,6 +236,12 @@ def _run(args: argparse.Namespace) -> int:
     return run_daemon(Path(args.config))
 
 
+def _panic_button(text: str) -> dict[str, Any]:
+    from agent.provision import panic_button
+
+    return panic_button(text)
+
+
 def _date(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -243,11 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="check or show a config file")
     config_sub = config.add_subparsers(dest="action", required=True, metavar="ACTION")
-    check = config_sub.add_parser("check", help="validate: exit 0 if valid, 2 with every problem otherwise")
-    check.add_argument("file", help="the config file to check")
+    check = config_sub.add_parser(
+        "check", help="apply the daemon's start-up checks (schema, TLS files, certificate, key): exit 0 if "
+                      "`run` would start, 2 with every problem and its line otherwise")
+    check.add_argument("file", help="the config file (e.g. /etc/patrol-agent/agent.yaml)")
     check.set_defaults(func=_config_check)
     show = config_sub.add_parser("show", help="print the effective config (defaults filled in, secrets redacted)")
-    show.add_argument("file", help="the config file to show")
+    show.add_argument("file", help="the config file")
     show.add_argument("--json", action="store_true", help="JSON instead of YAML")
     show.set_defaults(func=_config_show)
 
@@ -302,25 +325,34 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how long to listen to the receiver at its configured rate (default 2.5)")
     doctor.set_defaults(func=_doctor)
 
-    provision = sub.add_parser("provision", help="write this vehicle's config from flags, then run doctor")
-    provision.add_argument("--config", default=DEFAULT_CONFIG, help="where to write it")
-    provision.add_argument("--vehicle-id", required=True, help="this vehicle's id (its certificate's CN)")
+    provision = sub.add_parser(
+        "provision", help="install this vehicle's certificate and key, write its config, then run doctor",
+        description="Copies the CA, certificate and key into /etc/patrol-agent (key 0640 root:patrol-agent), "
+                    "writes /etc/patrol-agent/agent.yaml with absolute paths, and refuses to write what "
+                    "`patrol-agent run` would refuse (the same check). Then runs doctor.")
+    provision.add_argument("--config", help="where to write the config (default ROOT/etc/patrol-agent/agent.yaml)")
+    provision.add_argument("--root", help="install under this directory instead of / (a lab or a test); the "
+                                          "config names the files there")
+    provision.add_argument("--vehicle-id", required=True, help="the vehicle id: its certificate's CN")
     provision.add_argument("--unit", required=True, help="owning unit or station")
     provision.add_argument("--directorate", required=True, help="border, general, traffic...")
     provision.add_argument("--broker", action="append", required=True, help="mqtts://host:8883 (repeatable)")
-    provision.add_argument("--ca", help="the fleet CA certificate (PEM)")
-    provision.add_argument("--cert", help="this vehicle's client certificate (PEM)")
-    provision.add_argument("--key", help="this vehicle's private key (PEM)")
-    provision.add_argument("--gnss-port", default="/dev/serial0", help="the receiver's serial port")
+    provision.add_argument("--ca", help="the fleet CA's certificate (copied to ca.crt)")
+    provision.add_argument("--cert", help="this vehicle's client certificate (copied to vehicle.crt)")
+    provision.add_argument("--key", help="its private key (copied to vehicle.key, 0640 root:patrol-agent)")
+    provision.add_argument("--panic-button", action="append", default=[], metavar="NAME:PIN[:OPTIONS]",
+                           type=_panic_button, help=BUTTON_HELP)
+    provision.add_argument("--gnss-port", default="/dev/serial0", help="the receiver (default /dev/serial0)")
     provision.add_argument("--baudrate", type=int, default=9600, help="the receiver's baud rate (default 9600)")
-    provision.add_argument("--state-dir", help="where the outbox lives (default /var/lib/patrol-agent)")
-    provision.add_argument("--runtime-dir", help="where the control socket lives (default /run/patrol-agent)")
-    provision.add_argument("--lab", action="store_true", help="lab set-up: allow plain TCP (warned at every start)")
-    provision.add_argument("--simulation", action="store_true", help="mock GPIO")
+    provision.add_argument("--state-dir", help="outbox and state (default /var/lib/patrol-agent)")
+    provision.add_argument("--runtime-dir", help="control socket (default /run/patrol-agent)")
+    provision.add_argument("--lab", action="store_true",
+                           help="lab set-up: allow plain TCP and no certificate (warned at every start)")
+    provision.add_argument("--simulation", action="store_true", help="mock GPIO (demo and tests)")
     provision.add_argument("--force", action="store_true", help="replace an existing config")
     provision.add_argument("--no-doctor", action="store_true", help="do not run doctor afterwards")
-    provision.add_argument("--serial-seconds", type=float, default=2.5,
-                           help="doctor: how long to listen to the receiver")
+    provision.add_argument("--serial-seconds", type=float, default=2.5, help="doctor: how long to listen to the "
+                                                                              "receiver")
     provision.set_defaults(func=_provision)
 
     watch = sub.add_parser("watch", help="dispatch's view: print what the vehicles send", allow_abbrev=False)

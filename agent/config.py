@@ -1,43 +1,47 @@
-"""Typed configuration: one YAML file, overridable by environment variables.
+"""Typed configuration: the models of one YAML file, overridable by environment variables.
 
-Parsed once at start into frozen pydantic models; each component receives
-only its own slice (``cfg.gnss``, ``cfg.mqtt``...). Unknown keys, duplicate
-keys and wrong types are errors that name the key: a typo must never pass
-silently. ``config/agent.example.yaml`` documents every key and its default.
+Parsed once at start (and on SIGHUP) into frozen pydantic models; each
+component receives only its own slice (``cfg.gnss``, ``cfg.mqtt``...).
+Unknown keys, duplicate keys and wrong types are errors that name the key and
+its line: a typo must never pass silently. ``config/agent.example.yaml``
+documents every key and its default. Reading the file, the environment
+overrides and the wording of problems live in :mod:`agent.config_load`;
+:func:`load` is the entry point. Runs wherever a config is read (the daemon's
+main thread, the CLI tools).
 
 Environment overrides: ``PATROL_AGENT__<SECTION>__<KEY>=value``, one ``__``
-per level, case-insensitive, list items by index
-(``PATROL_AGENT__MQTT__BROKERS__0=mqtts://...``). The value is read as a YAML
-scalar converted by the key's type (``9600``, ``true``, ``1.3``), ``null``
-for none, or a YAML flow list/mapping (``[a, b]``). An override naming no
-known key is an error, like a typo in the file.
+per level, case-insensitive, list items by index. Security settings (see
+:data:`SECURITY_KEYS`: brokers, TLS files, lab mode, simulation, user name,
+password) may be overridden only if the config FILE says
+``allow_env_security_overrides: true``.
 """
 
 from __future__ import annotations
 
-import difflib
-import os
-import re
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
+    field_validator,
     model_validator,
 )
 
-from agent.errors import ConfigError
-
 ENV_PREFIX = "PATROL_AGENT__"
+#: the top-level key that lets the environment override :data:`SECURITY_KEYS` (default false)
+ALLOW_ENV_SECURITY = "allow_env_security_overrides"
+#: settings the environment may not change unless the config file allows it (a key and all under it)
+SECURITY_KEYS: tuple[tuple[str, ...], ...] = (
+    ("mqtt", "brokers"), ("mqtt", "tls"), ("mqtt", "lab_mode"), ("mqtt", "username"), ("mqtt", "password"),
+    ("mqtt", "password_file"), ("simulation",), (ALLOW_ENV_SECURITY,),
+)
 BAUD_RATES = (4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800)
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -48,6 +52,9 @@ class Section(BaseModel):
 
 def _broker_url(value: str) -> str:
     parts = urlsplit(value)
+    if "@" in parts.netloc:
+        raise ValueError("must not carry a user name or password (they would show in logs and health): "
+                         "use mqtt.username and mqtt.password_file")
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise ValueError("must look like mqtts://host:8883 (or mqtt:// for a lab broker)")
     try:
@@ -77,11 +84,12 @@ class GnssConfig(Section):
     reopen_initial_s: Seconds = 0.5
     reopen_max_s: Seconds = 10.0
 
-    @model_validator(mode="after")
-    def _check(self) -> GnssConfig:
-        if self.baudrate not in BAUD_RATES:
-            raise ValueError(f"baudrate must be one of {', '.join(map(str, BAUD_RATES))}")
-        return self
+    @field_validator("baudrate")
+    @classmethod
+    def _baudrate(cls, value: int) -> int:
+        if value not in BAUD_RATES:
+            raise ValueError(f"must be one of {', '.join(map(str, BAUD_RATES))}")
+        return value
 
 
 class TlsConfig(Section):
@@ -98,6 +106,7 @@ class MqttConfig(Section):
     topic_prefix: str = Field(default="patrol", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
     username: str | None = None
     password: SecretStr | None = None
+    password_file: Path | None = None
     tls: TlsConfig = TlsConfig()
     keepalive_s: int = Field(default=30, ge=2, le=1200)
     ack_timeout_s: Seconds = 15.0
@@ -109,6 +118,12 @@ class MqttConfig(Section):
     stable_after_s: Seconds = 60.0
     backlog_rate_per_s: float = Field(default=0.0, ge=0)
     lab_mode: bool = False
+
+    @model_validator(mode="after")
+    def _one_password(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("password and password_file are both set: keep password_file")
+        return self
 
 
 class OutboxConfig(Section):
@@ -226,6 +241,7 @@ class AgentConfig(Section):
     runtime_dir: Path = Path("/run/patrol-agent")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     simulation: bool = False
+    allow_env_security_overrides: bool = False
 
     @property
     def outbox_path(self) -> Path:
@@ -239,173 +255,8 @@ class AgentConfig(Section):
         return data
 
 
-# --- loading ----------------------------------------------------------------
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys; we refuse both."""
-
-
-def _mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}: not UTF-8 text"]) from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        place = f":{where.line + 1}:{where.column + 1}" if where else ""
-        what = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{path}{place}: YAML syntax error: {what}"]) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping of sections (got {type(data).__name__})"])
-    return data
-
-
-def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
-    """Apply ``PATROL_AGENT__...`` overrides to ``data`` in place; return problems."""
-    problems: list[str] = []
-    for name in sorted(environ):
-        if not name.upper().startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
-        if not all(path):
-            problems.append(f"{name}: empty key level in the variable name")
-            continue
-        value = _env_value(environ[name])
-        problem = _set_path(data, path, value, AgentConfig)
-        if problem:
-            problems.append(f"{name}: {problem}")
-    return problems
-
-
-def _env_value(text: str) -> Any:
-    """Numbers and booleans stay text (pydantic converts them by the key's type,
-    so a version "1.3" stays "1.3"); lists and mappings are read as YAML flow."""
-    if text.strip() in ("null", "~"):
-        return None
-    if text.lstrip().startswith(("[", "{")):
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError:
-            return text
-    return text
-
-
-def _set_path(data: Any, path: list[str], value: Any, model: Any) -> str | None:
-    node = data
-    for depth, key in enumerate(path):
-        last = depth == len(path) - 1
-        if isinstance(node, list):
-            if not key.isdigit() or int(key) > len(node):
-                return f"{'.'.join(path[:depth])}[{key}]: no such list item"
-            index = int(key)
-            if last:
-                node[index:index + 1] = [value]
-                return None
-            node = node[index]
-            continue
-        if model is not None and isinstance(model, type) and issubclass(model, BaseModel):
-            if key not in model.model_fields:
-                return f"unknown key {'.'.join(path[:depth + 1])}{_suggest(key, model.model_fields)}"
-            model = _model_of(model.model_fields[key].annotation)
-        if last:
-            node[key] = value
-            return None
-        child = node.get(key)
-        if child is None:
-            child = node[key] = {}
-        node = child
-    return None
-
-
-def _model_of(annotation: Any) -> Any:
-    for candidate in (annotation, *getattr(annotation, "__args__", ())):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-        for inner in getattr(candidate, "__args__", ()):
-            if isinstance(inner, type) and issubclass(inner, BaseModel):
-                return inner
-    return None
-
-
-def _suggest(key: str, choices: Mapping[str, Any]) -> str:
-    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _loc(parts: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-def _got(value: Any, loc: str) -> str:
-    if re.search(r"password|secret|key_pass", loc):
-        return "got ***"
-    shown = repr(value)
-    return f"got {shown[:60] + '...' if len(shown) > 60 else shown}"
-
-
-def describe(error: ValidationError, data: Any) -> list[str]:
-    """Turn pydantic's errors into ``key.path: what is wrong (got ...)`` lines."""
-    problems = []
-    for item in error.errors():
-        loc = _loc(item["loc"])
-        kind = item["type"]
-        if kind == "missing":
-            problems.append(f"{loc}: required key is missing (got nothing)")
-        elif kind == "extra_forbidden":
-            parent = _parent_model(item["loc"][:-1])
-            hint = _suggest(str(item["loc"][-1]), parent.model_fields) if parent else ""
-            problems.append(f"{loc}: unknown key{hint} ({_got(item['input'], loc)})")
-        else:
-            msg = item["msg"].removeprefix("Value error, ")
-            problems.append(f"{loc}: {msg[0].lower() + msg[1:]} ({_got(item['input'], loc)})")
-    return problems
-
-
-def _parent_model(loc: tuple[int | str, ...]) -> Any:
-    model: Any = AgentConfig
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if model is None or part not in model.model_fields:
-            return None
-        model = _model_of(model.model_fields[part].annotation)
-    return model
-
-
 def load(path: Path, environ: Mapping[str, str] | None = None) -> AgentConfig:
-    """Read, override and validate; raise :class:`ConfigError` with every problem."""
-    data = read_yaml(path)
-    problems = apply_env(data, os.environ if environ is None else environ)
-    try:
-        cfg = AgentConfig.model_validate(data)
-    except ValidationError as exc:
-        problems.extend(describe(exc, data))
-        raise ConfigError(problems) from None
-    if problems:
-        raise ConfigError(problems)
-    return cfg
+    """Read, override and validate; raise :class:`~agent.errors.ConfigError` with every problem."""
+    from agent.config_load import load as _load
+
+    return _load(path, environ)

@@ -21,7 +21,6 @@ import socket
 import ssl
 import stat
 import struct
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,45 +48,28 @@ def check_files(report: Report, config_path: Path, cfg: AgentConfig) -> None:
                    f"chmod 0640 {config_path}; chown root:patrol-agent {config_path}")
     else:
         report.add("config permissions", PASS, f"{config_path} {mode:04o}")
+    check_tls_files(report, cfg)
+
+
+def check_tls_files(report: Report, cfg: AgentConfig) -> None:
+    """The CA, the client certificate and the key, by the same check `run` makes (agent.security)."""
+    from agent.security import check_tls
+
     tls = cfg.mqtt.tls
-    for label, path in (("CA file", tls.ca_file), ("client certificate", tls.cert_file)):
-        if path is not None and not path.exists():
-            report.add(label, FAIL, f"{path} does not exist", "patrol-agent provision --ca/--cert ...")
-    if tls.key_file is not None:
-        if not tls.key_file.exists():
-            report.add("private key", FAIL, f"{tls.key_file} does not exist", "patrol-agent provision --key ...")
+    found = check_tls(tls, cfg.vehicle.id, clock_synced=system_clock_synced())
+    for label, key, fact in (("CA file", "ca_file", "ca"), ("client certificate", "cert_file", "cert"),
+                             ("private key", "key_file", "key")):
+        path = getattr(tls, key)
+        if path is None:
+            continue
+        items = found.of(f"mqtt.tls.{key}")
+        errors = [f for f in items if not f.warning]
+        shown = errors or items
+        if shown:
+            report.add(label, FAIL if errors else WARN, "; ".join(f.message for f in shown),
+                       next((f.hint for f in shown if f.hint), ""))
         else:
-            key_mode = stat.S_IMODE(tls.key_file.stat().st_mode)
-            if key_mode & 0o004:
-                report.add("private key", FAIL, f"{tls.key_file} is world-readable ({key_mode:04o})",
-                           f"chmod 0640 {tls.key_file}; chown root:patrol-agent {tls.key_file}")
-            elif key_mode & 0o022:
-                report.add("private key", FAIL, f"{tls.key_file} is writable by others ({key_mode:04o})",
-                           f"chmod 0640 {tls.key_file}")
-            else:
-                report.add("private key", PASS, f"{tls.key_file} {key_mode:04o}")
-    if tls.cert_file is not None and tls.cert_file.exists():
-        check_certificate(report, tls.cert_file, cfg.vehicle.id)
-
-
-def check_certificate(report: Report, path: Path, vehicle_id: str) -> None:
-    try:
-        info: dict[str, Any] = ssl._ssl._test_decode_cert(str(path))  # type: ignore[attr-defined]
-    except (ssl.SSLError, OSError, AttributeError) as exc:
-        report.add("client certificate", FAIL, f"{path}: unreadable ({exc})")
-        return
-    not_after = ssl.cert_time_to_seconds(info["notAfter"])
-    subject = dict(item for rdn in info.get("subject", ()) for item in rdn)
-    cn = subject.get("commonName")
-    if not_after < time.time():
-        report.add("client certificate", FAIL, f"expired on {info['notAfter']}", "ask the fleet PKI for a new one")
-    elif cn != vehicle_id:
-        report.add("client certificate", FAIL, f"issued to {cn!r}, this vehicle is {vehicle_id!r}",
-                   "install this vehicle's own certificate")
-    elif not_after - time.time() < 30 * 86400:
-        report.add("client certificate", WARN, f"expires on {info['notAfter']}", "renew it soon")
-    else:
-        report.add("client certificate", PASS, f"CN={cn}, valid until {info['notAfter']}")
+            report.add(label, PASS, found.facts.get(fact, str(path)))
 
 
 # --- the broker, step by step ----------------------------------------------------------

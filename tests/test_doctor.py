@@ -179,7 +179,7 @@ def test_world_readable_key(tmp_path: Path, pki: Path, tls_broker: Mosquitto) ->
     (pki / "PV-TEST-1.key").chmod(0o644)
     report = doctor.run(write_config(tmp_path, tls_config(tmp_path, tls_broker.port, pki)), serial_seconds=0.2)
     check = result(report, "private key")
-    assert check.result == "FAIL" and "world-readable" in check.detail
+    assert check.result == "FAIL" and "readable by others" in check.detail
 
 
 def test_doctor_exits_non_zero_on_a_fail_and_prints_plain_text(

@@ -2,70 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import ssl
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from paho.mqtt.enums import CallbackAPIVersion
 
+from agent import doctor
 from agent.app import main as agent_main
+from agent.cli import main
+from agent.config import load
+from agent.security import check
 from tests.support.agent_proc import AgentProcess, GnssFeeder, agent_config
-from tests.support.broker import Mosquitto, free_port, tls_listener
 from tests.support.pty_gnss import PtyGnss
-from tools.make_certs import issue, make_ca, revoke
+from tests.support.reference_broker import ReferenceBroker
+from tests.support.tls_client import Client
+from tools.make_certs import issue, load_ca, make_ca, revoke
 
 ROOT = Path(__file__).resolve().parent.parent
-ACL = ROOT / "config" / "mosquitto" / "acl"
-
-
-class Client:
-    """A TLS MQTT 3.1.1 client with a certificate, recording what it receives."""
-
-    def __init__(self, port: int, pki: Path, name: str, *, ca: str = "ca") -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self.connected = threading.Event()
-        self.refused: str | None = None
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{name}", protocol=mqtt.MQTTv311)
-        ctx = ssl.create_default_context(cafile=str(pki / f"{ca}.crt"))
-        ctx.load_cert_chain(str(pki / f"{name}.crt"), str(pki / f"{name}.key"))
-        self.client.tls_set_context(ctx)
-        self.client.on_connect = lambda c, u, f, rc, p: self.connected.set() if not rc.is_failure else None
-        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload)))
-        self.client.on_disconnect = lambda c, u, f, rc, p: self.connected.clear()
-        self.client.reconnect_delay_set(1, 1)
-        self.port = port
-
-    def connect(self, timeout: float = 5.0) -> bool:
-        try:
-            self.client.connect("localhost", self.port, keepalive=5)
-        except (ssl.SSLError, OSError) as exc:
-            self.refused = str(exc)
-            return False
-        self.client.loop_start()
-        return self.connected.wait(timeout)
-
-    def publish(self, topic: str, payload: bytes = b"{}") -> None:
-        """Publish as a misbehaving client would; the broker may drop the connection for a denied
-        publish (mosquitto 2.0 does, after acknowledging): paho reconnects, we carry on."""
-        self.connected.wait(5)
-        with contextlib.suppress(RuntimeError, ValueError):
-            self.client.publish(topic, payload, qos=1).wait_for_publish(5)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 @pytest.fixture
@@ -83,16 +42,15 @@ def pki(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def secure_broker(tmp_path: Path, pki: Path) -> Iterator[Mosquitto]:
-    port = free_port()
-    server = Mosquitto(tmp_path / "tls-broker", port=port,
-                       extra_conf=tls_listener(port, pki, acl=ACL, crl=pki / "crl.pem"))
+def secure_broker(tmp_path: Path, pki: Path) -> Iterator[ReferenceBroker]:
+    """The shipped reference config and ACL (config/mosquitto/), with this PKI."""
+    server = ReferenceBroker(tmp_path / "tls-broker", pki)
     server.start()
     yield server
     server.kill()
 
 
-def test_vehicle_a_can_neither_publish_to_nor_read_vehicle_b(secure_broker: Mosquitto, pki: Path) -> None:
+def test_vehicle_a_can_neither_publish_to_nor_read_vehicle_b(secure_broker: ReferenceBroker, pki: Path) -> None:
     dispatch, a, b = (Client(secure_broker.port, pki, n) for n in ("dispatch", "PV-A", "PV-B"))
     try:
         assert dispatch.connect() and a.connect() and b.connect()
@@ -120,7 +78,7 @@ def test_vehicle_a_can_neither_publish_to_nor_read_vehicle_b(secure_broker: Mosq
     assert not any(b"forged" in payload for _, payload in dispatch.messages + b.messages)
 
 
-def test_certificate_from_another_ca_is_refused(secure_broker: Mosquitto, pki: Path) -> None:
+def test_certificate_from_another_ca_is_refused(secure_broker: ReferenceBroker, pki: Path) -> None:
     rogue = Client(secure_broker.port, pki, "PV-ROGUE")
     try:
         assert not rogue.connect(timeout=3)
@@ -128,7 +86,7 @@ def test_certificate_from_another_ca_is_refused(secure_broker: Mosquitto, pki: P
         rogue.close()
 
 
-def test_expired_certificate_is_refused(secure_broker: Mosquitto, pki: Path) -> None:
+def test_expired_certificate_is_refused(secure_broker: ReferenceBroker, pki: Path) -> None:
     expired = Client(secure_broker.port, pki, "PV-EXPIRED")
     try:
         assert not expired.connect(timeout=3)
@@ -136,33 +94,8 @@ def test_expired_certificate_is_refused(secure_broker: Mosquitto, pki: Path) -> 
         expired.close()
 
 
-def test_revoked_vehicle_is_cut_off(secure_broker: Mosquitto, pki: Path) -> None:
-    a, b = Client(secure_broker.port, pki, "PV-A"), Client(secure_broker.port, pki, "PV-B")
-    try:
-        assert a.connect() and b.connect()
-        ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-        revoke(pki, (x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes()), ca_key), [pki / "PV-A.crt"])
-        assert secure_broker.proc is not None
-        os.kill(secure_broker.proc.pid, signal.SIGHUP)
-        time.sleep(1.0)
-        assert a.connected.is_set(), "as documented: a CRL alone leaves the open session connected"
-        secure_broker.restart()  # the documented cut-off: every session is closed, only valid ones come back
-        time.sleep(3.0)
-        assert not a.connected.is_set(), "the revoked vehicle reconnected"
-        assert b.connected.wait(10), "a valid vehicle must come back after the restart"
-    finally:
-        a.close()
-        b.close()
-    fresh = Client(secure_broker.port, pki, "PV-A")
-    try:
-        assert not fresh.connect(timeout=3), "a revoked certificate must be refused on a new connection"
-    finally:
-        fresh.close()
-
-
 def test_the_agent_runs_over_tls_with_its_own_certificate(
-        tmp_path: Path, secure_broker: Mosquitto, pki: Path, gnss_pty: PtyGnss) -> None:
+        tmp_path: Path, secure_broker: ReferenceBroker, pki: Path, gnss_pty: PtyGnss) -> None:
     dispatch = Client(secure_broker.port, pki, "dispatch")
     assert dispatch.connect()
     dispatch.client.subscribe("patrol/#", qos=1)
@@ -202,20 +135,113 @@ def secure_cfg(tmp_path: Path, pki: Path, **changes: Any) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("changes", "expected"), [
-    ({"brokers": ["mqtt://localhost:1883"]}, "is plain TCP"),
-    ({"tls": {"ca_file": None}}, "mqtt.tls.ca_file: not set"),
-    ({"tls": {"cert_file": "PV-B"}}, "issued to 'PV-B', but this vehicle is 'PV-A'"),
-    ({"tls": {"key_file": "world-readable"}}, "is readable by others"),
-])
-def test_insecure_configs_are_refused_unless_lab(
-        tmp_path: Path, pki: Path, capsys: pytest.CaptureFixture[str], changes: dict[str, Any], expected: str) -> None:
-    tls = changes.get("tls", {})
-    if tls.get("cert_file") == "PV-B":
-        tls["cert_file"] = str(pki / "PV-B.crt")
-    if tls.get("key_file") == "world-readable":
-        (pki / "PV-A.key").chmod(0o644)
-        tls["key_file"] = str(pki / "PV-A.key")
-    assert agent_main(secure_cfg(tmp_path, pki, **changes)) == 2
+def encrypted_key(pki: Path) -> str:
+    key = serialization.load_pem_private_key((pki / "PV-A.key").read_bytes(), None)
+    path = pki / "PV-A-encrypted.key"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.BestAvailableEncryption(b"passphrase")))
+    path.chmod(0o600)
+    return str(path)
+
+
+def chmod_key(pki: Path, mode: int) -> str:
+    (pki / "PV-A.key").chmod(mode)
+    return str(pki / "PV-A.key")
+
+
+#: (what is wrong, how to plant it, the key it is about, what every check must say)
+FAULTS: list[tuple[str, Any, str, str]] = [
+    ("plain TCP", lambda pki: {"brokers": ["mqtt://localhost:1883"]}, "mqtt.brokers", "is plain TCP"),
+    ("no CA", lambda pki: {"tls": {"ca_file": None}}, "mqtt.tls.ca_file", "not set"),
+    ("missing CA", lambda pki: {"tls": {"ca_file": str(pki / "nothing.crt")}}, "mqtt.tls.ca_file", "does not exist"),
+    ("relative CA path", lambda pki: {"tls": {"ca_file": "ca.crt"}}, "mqtt.tls.ca_file", "relative path"),
+    ("another vehicle's certificate", lambda pki: {"tls": {"cert_file": str(pki / "PV-B.crt"),
+                                                           "key_file": str(pki / "PV-B.key")}},
+     "mqtt.tls.cert_file", "issued to 'PV-B', but this vehicle is 'PV-A'"),
+    ("expired certificate", lambda pki: {"tls": {"cert_file": str(pki / "PV-A-expired.crt"),
+                                                 "key_file": str(pki / "PV-A-expired.key")}},
+     "mqtt.tls.cert_file", "expired on"),
+    ("certificate of another CA", lambda pki: {"tls": {"cert_file": str(pki / "PV-ROGUE.crt"),
+                                                       "key_file": str(pki / "PV-ROGUE.key")}},
+     "mqtt.tls.cert_file", "not signed by the CA"),
+    ("server certificate", lambda pki: {"tls": {"cert_file": str(pki / "PV-A-server.crt"),
+                                                "key_file": str(pki / "PV-A-server.key")}},
+     "mqtt.tls.cert_file", "not a client certificate"),
+    ("key of another certificate", lambda pki: {"tls": {"key_file": str(pki / "PV-B.key")}},
+     "mqtt.tls.key_file", "is not the key of"),
+    ("encrypted key", lambda pki: {"tls": {"key_file": encrypted_key(pki)}}, "mqtt.tls.key_file", "is encrypted"),
+    ("key readable by others", lambda pki: {"tls": {"key_file": chmod_key(pki, 0o644)}},
+     "mqtt.tls.key_file", "is readable by others (0644)"),
+    ("key writable by its group", lambda pki: {"tls": {"key_file": chmod_key(pki, 0o660)}},
+     "mqtt.tls.key_file", "is writable by its group (0660)"),
+]
+
+
+@pytest.mark.parametrize(("name", "plant", "key", "expected"), FAULTS, ids=[f[0] for f in FAULTS])
+def test_run_config_check_and_doctor_refuse_the_same_things_with_the_same_words(
+        tmp_path: Path, pki: Path, capsys: pytest.CaptureFixture[str],
+        name: str, plant: Any, key: str, expected: str) -> None:
+    ca = load_ca(pki)
+    issue(pki, "PV-A-expired", "PV-A", ca, expired=True)
+    issue(pki, "PV-A-server", "PV-A", ca, server_hosts=["vehicle.example.org"])
+    path = secure_cfg(tmp_path, pki, **plant(pki))
+    leaf = key.rsplit(".", 1)[1]
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.lstrip().startswith(f"{leaf}:"))
+    # run: refuses to start
+    assert agent_main(path) == 2
     err = capsys.readouterr().err
-    assert "refusing to start" in err and expected in err, err
+    assert f"refusing to start: {path}:{line}: {key}: " in err and expected in err, err
+    # config check: the same problem, with its line, exit 2
+    assert main(["config", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert any(p.startswith(f"{path}:{line}: {key}: ") and expected in p for p in err.splitlines()), err
+    # doctor: a FAIL saying the same
+    cfg = load(path, {})
+    report = doctor.Report()
+    if key == "mqtt.brokers":
+        doctor.check_broker(report, cfg, cfg.mqtt.brokers[0], timeout=0.5)
+        assert any(c.result == "FAIL" and "plain TCP" in c.detail for c in report.checks), report.checks
+        return
+    doctor.check_files(report, path, cfg)
+    if key == "mqtt.tls.ca_file" and cfg.mqtt.tls.ca_file is None:
+        return  # doctor has nothing to look at; its broker step fails at the TLS handshake
+    failed = [c for c in report.checks if c.result == "FAIL"]
+    assert any(expected in c.detail for c in failed), report.checks
+
+
+def test_lab_mode_turns_each_refusal_into_a_warning_that_says_where_lab_mode_was_set(
+        tmp_path: Path, pki: Path) -> None:
+    path = secure_cfg(tmp_path, pki, brokers=["mqtt://localhost:1883"], lab_mode=True)
+    checked = check(path, {})
+    assert checked.problems == [] and checked.cfg is not None
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "lab_mode:" in text)
+    assert any(w.startswith(f"LAB MODE (mqtt.lab_mode: true at {path}:{line}): ") and "plain TCP" in w
+               for w in checked.warnings), checked.warnings
+    assert any("simulation: true: the inputs are mock pins" in w for w in checked.warnings), checked.warnings
+
+
+def test_a_certificate_not_yet_valid_is_refused_only_when_the_clock_is_known_to_be_right(
+        tmp_path: Path, pki: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    issue(pki, "PV-A", "PV-A", load_ca(pki))
+    path = secure_cfg(tmp_path, pki)
+    early = datetime.now(UTC) - timedelta(days=3)  # the cert starts a day ago: three days ago it was not valid
+    synced = check(path, {}, now=early, clock_synced=True)
+    assert any("mqtt.tls.cert_file: not valid before" in p for p in synced.problems), synced.problems
+    unsynced = check(path, {}, now=early, clock_synced=False)
+    assert unsynced.problems == [], "a Pi without RTC before NTP must still start: its buttons work offline"
+    assert any("not valid before" in w and "not synchronised" in w for w in unsynced.warnings), unsynced.warnings
+
+
+def test_the_daemon_does_not_load_cryptography_to_check_its_certificate(tmp_path: Path, pki: Path) -> None:
+    """The check runs in a child process: the daemon's memory does not pay for cryptography."""
+    path = secure_cfg(tmp_path, pki)
+    code = ("import sys; from pathlib import Path; from agent.security import check; "
+            f"c = check(Path({str(path)!r}), {{}}, as_service=True); "
+            "print(len(c.problems), any(m.startswith('cryptography') for m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.stdout.split() == ["0", "False"], done.stdout + done.stderr
+    (pki / "PV-A.key").chmod(0o644)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.stdout.split() == ["1", "False"], "the child's findings reach the parent: " + done.stdout

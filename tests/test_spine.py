@@ -70,7 +70,7 @@ def partial_writes(monkeypatch: pytest.MonkeyPatch) -> set[str]:
     original = mqtt.Client._sock_send
 
     def send(client: mqtt.Client, data: bytes) -> int:
-        if client._client_id == f"patrol-{VEHICLE}".encode():
+        if client._client_id == VEHICLE.encode():  # the agent: its client id is the vehicle id
             writers.add(threading.current_thread().name)
             return original(client, data[:37])
         return original(client, data)
