@@ -81,6 +81,7 @@ class GnssConfig(Section):
     quiet_flush_ms: int = Field(default=40, ge=5, le=500)
     no_data_after_s: Seconds = 3.0
     no_nmea_after_s: Seconds = 5.0
+    no_time_after_s: Seconds = 60.0  # sentences without a usable time for this long: state no_time
     reopen_initial_s: Seconds = 0.5
     reopen_max_s: Seconds = 10.0
 

@@ -1,7 +1,9 @@
 """``patrol-agent gnss decode``: a raw receiver capture in, one JSON line per epoch out.
 
 The technicians' tool for a capture from the field, and our conformance
-harness against gpsd. Runs in the CLI process; no thread of its own.
+harness against gpsd. Runs in the CLI process; no thread of its own. Each
+line says why an epoch has no fix (``no_fix_reason``) and whether the
+receiver is in simulator mode (``simulated``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def run(path: str, day: date | None, *, summary: bool) -> int:
     if summary:
         print(
             "sentences {sentences}, checksum errors {checksum_errors}, invalid {invalid_sentences}, "
-            "garbage bytes {garbage_bytes}, epochs {epochs}, fixes {fixes}".format(**counters.as_dict()),
+            "garbage bytes {garbage_bytes}, epochs {epochs}, fixes {fixes}, late {late}, "
+            "held and dropped {held_dropped}".format(**counters.as_dict()),
             file=sys.stderr,
         )
     if counters.sentences == 0:

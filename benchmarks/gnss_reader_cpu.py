@@ -66,7 +66,8 @@ def main() -> None:
         assert child.stdout is not None and child.stdin is not None
         assert child.stdout.readline().strip() == "ready"
         time.sleep(0.5)
-        start_cpu = _cpu_seconds(child.pid)
+        start_user, start_system = _cpu_split(child.pid)
+        start_cpu = start_user + start_system
         began = time.monotonic()
         count = int(args.seconds * args.rate)
         for i in range(count):
@@ -76,7 +77,8 @@ def main() -> None:
             device.write(epochs[i % len(epochs)])
         time.sleep(0.3)
         wall = time.monotonic() - began
-        cpu = _cpu_seconds(child.pid) - start_cpu
+        end_user, end_system = _cpu_split(child.pid)
+        cpu = end_user + end_system - start_cpu
         child.stdin.write("\n")
         child.stdin.flush()
         _, fixes, sentences = child.stdout.readline().split()
@@ -89,15 +91,21 @@ def main() -> None:
     bare_cpu = (time.process_time() - began_cpu) * (count / max(1, len(epochs[:count])))
     print(f"fed {count} epochs at {args.rate:g} Hz for {wall:.1f} s ({len(epochs[0])} bytes/epoch)")
     print(f"reader received {fixes} fixes, {sentences} sentences")
-    print(f"reader process CPU: {cpu:.3f} s = {100 * cpu / wall:.2f}% of one core (target < 2%)")
+    print(f"reader process CPU: {cpu:.3f} s = {100 * cpu / wall:.2f}% of one core (target < 2%): "
+          f"user {end_user - start_user:.2f} s, system {end_system - start_system:.2f} s")
     print(f"per epoch: {1e6 * cpu / count:.0f} us; bare pynmea2.parse of the same sentences: "
           f"{1e6 * bare_cpu / count:.0f} us per epoch")
 
 
 def _cpu_seconds(pid: int) -> float:
+    user, system = _cpu_split(pid)
+    return user + system
+
+
+def _cpu_split(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 if __name__ == "__main__":

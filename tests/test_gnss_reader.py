@@ -12,7 +12,7 @@ import pytest
 from agent.config import GnssConfig
 from drivers.gnss import Fix
 from drivers.gnss.reader import GnssReader, GnssState
-from tests.support.nmea import epoch
+from tests.support.nmea import epoch, sentence
 from tests.support.pty_gnss import PtyGnss
 
 
@@ -33,8 +33,13 @@ class Recorder:
             self.cond.notify_all()
 
     def wait(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Until ``predicate`` holds; it may watch the reader too, which notifies nobody: look every 20 ms."""
+        deadline = time.monotonic() + timeout
         with self.cond:
-            assert self.cond.wait_for(predicate, timeout), f"timed out; states {self.states}, {len(self.fixes)} fixes"
+            while not predicate():
+                left = deadline - time.monotonic()
+                assert left > 0, f"timed out; states {self.states}, {len(self.fixes)} fixes"
+                self.cond.wait(min(left, 0.02))
 
 
 @pytest.fixture
@@ -147,3 +152,71 @@ def test_missing_device_at_start_is_retried_until_it_appears(tmp_path: Path) -> 
             device.close()
     finally:
         reader.stop()
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "nmea"
+
+
+@pytest.fixture
+def timing(gnss_pty: PtyGnss) -> Iterator[tuple[GnssReader, Recorder]]:
+    cfg = GnssConfig(port=str(gnss_pty.path), no_data_after_s=5, no_nmea_after_s=5, no_time_after_s=2.0,
+                     reopen_initial_s=0.05, reopen_max_s=0.2)
+    recorder = Recorder()
+    reader = GnssReader(cfg, on_fix=recorder.on_fix, on_state=recorder.on_state)
+    reader.start()
+    recorder.wait(lambda: reader.opens >= 1)
+    yield reader, recorder
+    reader.stop()
+
+
+def test_cold_start_without_time_waits_then_is_no_time_with_a_bounded_buffer(
+        gnss_pty: PtyGnss, timing: tuple[GnssReader, Recorder]) -> None:
+    reader, rec = timing
+    burst = (FIXTURES / "cold_start.nmea").read_bytes()
+    deadline = time.monotonic() + 8
+    while GnssState.NO_TIME not in rec.states and time.monotonic() < deadline:
+        gnss_pty.write(burst)  # four sentences without a time (and GSV, TXT) every 50 ms
+        time.sleep(0.05)
+    assert rec.states[:2] == [GnssState.WAITING_FOR_TIME, GnssState.NO_TIME], rec.states
+    assert rec.fixes == []
+    assert reader.decoder.pending_sentences <= 64
+    assert reader.counters()["held_dropped"] > 0
+    # the receiver finds the time (still no fix; a status-V RMC's date is not read, a ZDA's is)
+    gnss_pty.write(epoch(_seconds(0), valid=False) + sentence("GPZDA,120000.00,25,03,2026,00,00"))
+    rec.wait(lambda: reader.state is GnssState.NO_FIX)
+    assert rec.fixes[-1].time_iso == "2026-03-25T12:00:00.000Z" and not rec.fixes[-1].has_position
+
+
+def test_time_of_day_without_a_date_is_still_waiting_for_time(
+        gnss_pty: PtyGnss, timing: tuple[GnssReader, Recorder]) -> None:
+    reader, rec = timing
+    for i in range(3):  # GGA quality 0 with a time, RMC status V: its date is not read
+        gnss_pty.write(epoch(_seconds(i), valid=False, ddmmyy="060180"))
+        time.sleep(0.1)
+    rec.wait(lambda: len(rec.fixes) >= 3)
+    assert all(f.time_ms is None for f in rec.fixes)
+    assert reader.state is GnssState.WAITING_FOR_TIME
+
+
+def test_a_learnt_cycle_releases_the_epoch_with_its_last_sentence(
+        gnss_pty: PtyGnss, gnss_pty_reader_slow_quiet: tuple[GnssReader, Recorder]) -> None:
+    """With a quiet gap of half a second, the epochs after the third go out on their RMC, not on the gap."""
+    reader, rec = gnss_pty_reader_slow_quiet
+    for i in range(6):
+        gnss_pty.write(epoch(_seconds(i)))
+        time.sleep(0.6 if i < 3 else 0.05)
+    rec.wait(lambda: len(rec.fixes) >= 6)
+    counters = reader.counters()
+    assert reader.decoder.cycle_learnt
+    assert counters["ended_by_ender"] == 3 and counters["ended_by_quiet"] == 3 and counters["ended_by_time"] == 0
+
+
+@pytest.fixture
+def gnss_pty_reader_slow_quiet(gnss_pty: PtyGnss) -> Iterator[tuple[GnssReader, Recorder]]:
+    cfg = GnssConfig(port=str(gnss_pty.path), quiet_flush_ms=500, reopen_initial_s=0.05, reopen_max_s=0.2)
+    recorder = Recorder()
+    reader = GnssReader(cfg, on_fix=recorder.on_fix, on_state=recorder.on_state)
+    reader.start()
+    recorder.wait(lambda: reader.opens >= 1)
+    yield reader, recorder
+    reader.stop()

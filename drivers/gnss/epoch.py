@@ -6,82 +6,168 @@ in an order of its own and at 1 to 10 Hz. Sentences that carry a time belong
 to the epoch of that time (compared as integer milliseconds, since ``.0``,
 ``.00`` and ``.000`` occur within one epoch); sentences without one (GSA,
 VTG) belong to the epoch being assembled. An epoch ends when a sentence with
-another time arrives, or when the reader sees the line go quiet
-(:meth:`EpochAssembler.flush`).
+another time arrives, when the sentence that closes this receiver's cycle
+arrives (:mod:`drivers.gnss.cycle`), or when the reader sees the line go
+quiet (:meth:`EpochAssembler.flush`).
 
-Rules for what an epoch says:
-- a position comes only from a sentence that itself states a fix: RMC status
-  A, GGA quality > 0, GNS mode not N, GLL status A. Never 0,0 from a no-fix
-  sentence; an epoch without one is mode 1 with no position.
-- GGA is preferred (it carries quality and altitude), then GNS, RMC, GLL.
-- the date comes from RMC or ZDA in the epoch, else the last date seen (rolled
-  over at midnight), else the date the caller supplies; without any, the
-  fix has no time.
-- the mode is the higher of the receiver's GSA and the inferred one: 3D when
-  the receiver gives an altitude with four or more satellites in use (enough
-  for a 3D solution; some multi-constellation receivers, e.g. Telit, send a
-  per-system GSA of "2" while solving in 3D, as gpsd also concludes), else
-  2D. A GSA can raise the mode, never invent a position.
+Rules for what an epoch says, with their reasons (gpsd 3.22's
+driver_nmea0183.c, timebase.c and libgpsd_core.c read for each; gpsd's
+verdict on the generated streams of tests/fixtures/nmea/gpsd checks them):
+
+1. A position comes only from a sentence that itself states a fix (see
+   sentences.py), never 0,0; GGA is preferred (quality, altitude), then GNS,
+   RMC, GLL. An epoch without one is mode 1 with no position.
+2. No live fix, whatever else the epoch says, when (``Fix.no_fix_reason``
+   says which):
+   a. it is simulated (GGA quality 8, mode indicator S): ``simulated`` is set
+      and the core raises ``gnss_simulated``. gpsd reports these as fixes
+      (status 8, or unflagged for a GNS); a patrol unit must never place a
+      car from a simulator;
+   b. fewer than 3 satellites are used (the GGA/GNS counts; GN talkers count
+      all systems, per-system talkers are summed): 0 means a dead-reckoned
+      or stale solution, and no 2D solution exists below 3. gpsd's own GGA
+      rule ("3 > satellites_visible: no fix"); gpsd 3.22 lets a following
+      RMC A turn it back into a fix (order-dependent); newer gpsd, on the
+      captures behind the issue, says no fix;
+   c. a kind of position sentence says no fix in every talker that sent it
+      (RMC V or mode N, GGA quality 0, GLL V or mode N, GNS N) while another
+      kind says fix: the receiver contradicts itself, so it has no fix it
+      stands by. gpsd's answer depends on the order of the sentences (the
+      last one wins); ours does not. Talkers are pooled per kind, because
+      per-system sentences (a GAGGA beside a GPGGA) speak for one system;
+   A GSA saying mode 1 beside sentences that state a fix does not veto it:
+   a GSA carries no time, so it may be the previous or the next cycle's
+   (gpsd gives it to the next report; receivers send it before or after
+   their timed sentences), and gpsd keeps the fix.
+   gpsd 3.22 also reports a GGA of quality 0 that carries coordinates as a
+   2D/3D fix (it takes the mode from the coordinates): never a position here
+   (rule 1).
+3. The mode of a fix: 3D when a GSA of the epoch says 3, or when the fix
+   reports an altitude (a reported altitude is never dropped: gpsd keeps 3D
+   when an altitude is known, its "don't downgrade" rule, and infers 3D from
+   an altitude for RMC/GLL); else 2D when a GSA says 2 or a GGA/GNS fix comes
+   without an altitude. An epoch that says nothing of its dimension (RMC or
+   GLL only, its GSA sent every few epochs) keeps the mode of the previous
+   fix epoch, as gpsd carries its mode; a no-fix epoch ends the carry.
+   gpsd 3.22 reports a GGA+GSA receiver's epoch at its GGA, before the GSA,
+   and so says 2D where the GSA says 3D and the GGA has no altitude; we take
+   the GSA's word.
+4. Time: the date comes from a ZDA (4-digit year) or a valid RMC of the
+   epoch, else the last date seen (rolled over at midnight), else the date
+   the caller supplies (``gnss decode --date``); without any, the fix has no
+   time. Status-V RMC dates are never read (sentences.py).
+5. Two-digit years: the century is the one that puts the year nearest the
+   reference year R = max(``TIME_FLOOR``, system clock), i.e. within
+   [R - 50, R + 49]: "99" is 1999, "00" 2000, "80" 1980 today and 2080 in
+   2079. gpsd uses the century of its start time and wraps 2080 to 1980.
+6. GPS week rollover: a receiver that lost 1024 weeks reports a date ~19.6
+   years in the past. The date is reported as sent (as newer gpsd does, so
+   the epochs line up with gpsd's), and ``Fix.time_trusted`` is False for
+   any time before the build-date floor: such a time never sets the clock.
+   gpsd 3.22 moves every date before 2017 forward by 1024 weeks; its newer
+   versions do not.
+7. Bounded memory: at most ``MAX_HELD`` sentences wait for an epoch (a cold
+   start sends sentences without a time for minutes); older ones are dropped
+   and counted (``held_dropped``).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 
-from drivers.gnss.fix import MODE_2D, MODE_3D, MODE_NO_FIX, Fix
+from drivers.gnss.cycle import CycleLearner
+from drivers.gnss.fix import MODE_2D, MODE_3D, MODE_NO_FIX, TIME_FLOOR, Fix
 from drivers.gnss.sentences import Observation
 
 _DAY_MS = 86_400_000
 _POSITION_PREFERENCE = ("GGA", "GNS", "RMC", "GLL")
+_STATING_KINDS = ("GGA", "GNS", "RMC", "GLL")
 _EPOCH_MIDNIGHT = datetime(1970, 1, 1, tzinfo=UTC).date()
+MIN_SATELLITES = 3  # a 2D solution needs three
+MAX_HELD = 64  # sentences held for one epoch: 4 per second for 16 s without a time, or a frozen time
 
 
 class EpochAssembler:
-    """Feeds observations, yields one :class:`Fix` per completed epoch."""
+    """Feeds observations, appends one :class:`Fix` per completed epoch to ``out``."""
 
-    __slots__ = ("_emitted_tod", "_last_day", "_last_tod", "_obs", "_tod", "default_day", "late")
+    __slots__ = ("_emitted_tod", "_last_day", "_last_tod", "_mode_carry", "_obs", "_tod", "clock", "cycle",
+                 "default_day", "ended", "held_dropped", "late", "max_held")
 
-    def __init__(self, *, default_day: date | None = None) -> None:
+    def __init__(self, *, default_day: date | None = None, clock: Callable[[], float] = time.time,
+                 max_held: int = MAX_HELD) -> None:
         self._obs: list[Observation] = []
         self._tod: int | None = None
         self._last_day: date | None = None
         self._last_tod: int | None = None
         self._emitted_tod: int | None = None
+        self._mode_carry: int | None = None
         self.default_day = default_day
-        self.late = 0  # sentences of an epoch already emitted (after a quiet-line flush)
+        self.clock = clock
+        self.max_held = max_held
+        self.cycle = CycleLearner()
+        self.late = 0  # sentences of an epoch already emitted
+        self.held_dropped = 0  # sentences dropped from a full buffer (no time yet, or a time that never moves)
+        self.ended = {"time": 0, "ender": 0, "quiet": 0}  # how epochs ended: next time, learnt ender, flush
 
-    def add(self, obs: Observation) -> Fix | None:
-        """Add one observation; return the previous epoch's Fix if it just ended."""
+    def add(self, obs: Observation, out: list[Fix]) -> None:
+        """Add one observation; append the Fixes of the epochs it completes."""
         tod = obs.tod_ms
-        if tod is None or tod == self._tod:
-            self._obs.append(obs)
-            return None
-        if tod == self._emitted_tod and self._tod is None:
-            self.late += 1  # its epoch went out already; do not emit it twice
-            return None
-        done = self._finish()
-        self._tod = tod
+        if tod is not None and tod != self._tod:
+            if self._tod is None and tod == self._emitted_tod:
+                self._late(obs)  # its epoch went out already: do not emit it twice
+                return
+            self._finish(out, how="time")
+            self._tod = tod
+        elif tod is None and self._tod is None and self.cycle.just_emitted and not self.cycle.starts_cycle(obs):
+            self._late(obs)  # after the cycle's last sentence: it belonged to the epoch that went out
+            return
+        if len(self._obs) >= self.max_held:
+            del self._obs[0]
+            self.held_dropped += 1
         self._obs.append(obs)
-        return done
+        if self.cycle.observe(obs) and self._tod is not None:
+            self._finish(out, how="ender")  # the sentence that closes this receiver's cycle
 
-    def flush(self) -> Fix | None:
+    def flush(self, out: list[Fix]) -> None:
         """The line went quiet (or the stream ended): emit the open epoch."""
-        return self._finish()
+        self._finish(out, how="quiet")
 
     @property
     def pending(self) -> bool:
+        """An epoch with a time is open."""
         return self._tod is not None
 
-    def _finish(self) -> Fix | None:
+    @property
+    def held(self) -> int:
+        return len(self._obs)
+
+    def _late(self, obs: Observation) -> None:
+        self.late += 1
+        self.cycle.violated()
+        if obs.day is not None and obs.tod_ms is not None:
+            self._last_day, self._last_tod = obs.day, obs.tod_ms  # a late ZDA still tells the calendar
+
+    def _finish(self, out: list[Fix], *, how: str) -> None:
         tod, observations = self._tod, self._obs
         if tod is None:
-            return None  # only timeless sentences so far: they wait for a time
+            return  # only timeless sentences so far: they wait for a time
         self._tod, self._obs = None, []
         self._emitted_tod = tod
-        return self._build(tod, observations)
+        self.ended[how] += 1
+        fix = self._build(tod, observations)
+        self.cycle.closed(by_ender=how == "ender", fix=fix.has_position)
+        out.append(fix)
+
+    # --- the rules ------------------------------------------------------------
 
     def _day_for(self, tod: int, observations: list[Observation]) -> date | None:
         day = next((o.day for o in observations if o.day is not None), None)
+        if day is None:
+            rmc = next((o.ddmmyy for o in observations if o.ddmmyy is not None), None)
+            if rmc is not None:
+                day = self._resolve_century(*rmc)
         if day is None and self._last_day is not None and self._last_tod is not None:
             day = self._last_day
             if tod < self._last_tod - _DAY_MS // 2:
@@ -92,53 +178,109 @@ class EpochAssembler:
             self._last_day, self._last_tod = day, tod
         return day
 
+    def _resolve_century(self, day: int, month: int, yy: int) -> date | None:
+        try:
+            now_year = datetime.fromtimestamp(self.clock(), tz=UTC).year
+        except (ValueError, OverflowError, OSError):
+            now_year = TIME_FLOOR.year  # a clock beyond what datetime can hold: the floor decides
+        reference = max(TIME_FLOOR.year, now_year)
+        year = reference - 50 + (yy - (reference - 50)) % 100
+        try:
+            return date(year, month, day)
+        except ValueError:
+            return None  # 29 February of a year that has none
+
     def _build(self, tod: int, observations: list[Observation]) -> Fix:
         day = self._day_for(tod, observations)
         time_ms = None if day is None else (day - _EPOCH_MIDNIGHT).days * _DAY_MS + tod
+        simulated = False
+        gsa: int | None = None
+        quality = hdop = speed = course = None
+        says_fix: dict[str, bool] = {}
+        for obs in observations:
+            simulated = simulated or obs.simulated
+            if obs.gsa_mode is not None:
+                gsa = obs.gsa_mode if gsa is None else max(gsa, obs.gsa_mode)
+            if obs.fix is not None:
+                says_fix[obs.kind] = says_fix.get(obs.kind, False) or obs.fix
+            if quality is None:
+                quality = obs.quality
+            if hdop is None:
+                hdop = obs.hdop
+            if speed is None:
+                speed = obs.speed_mps
+            if course is None:
+                course = obs.course_deg
+        sats = _satellites_used(observations)
         source = _best_position(observations)
-        if source is None:
-            return Fix(time_ms=time_ms, mode=MODE_NO_FIX, quality=_first_int(observations, "quality"))
-        speed = _first(observations, "speed_mps")
-        course = _first(observations, "course_deg")
-        sats = _first_int(observations, "sats_used")
-        alt = _first(observations, "alt_msl")
-        mode = _mode(observations, alt, sats)
+        reason = _no_fix_reason(source, simulated, sats, says_fix)
+        if reason is not None:
+            self._mode_carry = None
+            return Fix(time_ms=time_ms, mode=MODE_NO_FIX, quality=quality, sats_used=sats, hdop=hdop,
+                       simulated=simulated, no_fix_reason=reason)
+        assert source is not None
+        alt = source.alt_msl if source.alt_msl is not None else _fix_altitude(observations)
+        if gsa == MODE_3D or alt is not None:
+            mode = MODE_3D
+        elif gsa is not None or any(o.fix and o.kind in ("GGA", "GNS") for o in observations):
+            mode = MODE_2D  # the receiver said 2D, or gave its GGA/GNS without an altitude
+        else:
+            mode = self._mode_carry or MODE_2D  # RMC/GLL only: the dimension last stated
+        self._mode_carry = mode
         return Fix(
             time_ms=time_ms,
             mode=mode,
             lat=source.lat,
             lon=source.lon,
-            alt_msl=alt if mode == MODE_3D else None,
+            alt_msl=alt,
             speed_mps=speed,
             course_deg=course,
-            quality=_first_int(observations, "quality"),
+            quality=quality,
             sats_used=sats,
-            hdop=_first(observations, "hdop"),
+            hdop=hdop,
         )
+
+
+def _no_fix_reason(source: Observation | None, simulated: bool, sats: int | None,
+                   says_fix: dict[str, bool]) -> str | None:
+    if simulated:
+        return "simulated"
+    if source is None:
+        return "no sentence states a fix"
+    if sats is not None and sats < MIN_SATELLITES:
+        return "no satellites used" if sats == 0 else f"{sats} satellites used"
+    for kind in _STATING_KINDS:
+        if says_fix.get(kind) is False:
+            return f"{kind} says no fix"
+    return None
+
+
+def _satellites_used(observations: list[Observation]) -> int | None:
+    """GN talkers count every system; other talkers (GPGGA beside GAGGA) count their own: summed."""
+    combined: int | None = None
+    per_talker: dict[str, int] = {}
+    for obs in observations:
+        if obs.sats_used is None:
+            continue
+        if obs.talker == "GN":
+            combined = obs.sats_used if combined is None else max(combined, obs.sats_used)
+        else:
+            per_talker[obs.talker] = max(per_talker.get(obs.talker, 0), obs.sats_used)
+    if not per_talker:
+        return combined
+    return max(combined or 0, sum(per_talker.values()))
 
 
 def _best_position(observations: list[Observation]) -> Observation | None:
     for kind in _POSITION_PREFERENCE:
         for obs in observations:
-            if obs.kind == kind and obs.valid and obs.lat is not None:
+            if obs.kind == kind and obs.fix and obs.lat is not None:
                 return obs
     return None
 
 
-def _first(observations: list[Observation], name: str) -> int | float | None:
+def _fix_altitude(observations: list[Observation]) -> float | None:
     for obs in observations:
-        value = getattr(obs, name)
-        if value is not None:
-            return value  # type: ignore[no-any-return]
+        if obs.fix and obs.alt_msl is not None:
+            return obs.alt_msl
     return None
-
-
-def _first_int(observations: list[Observation], name: str) -> int | None:
-    value = _first(observations, name)
-    return None if value is None else int(value)
-
-
-def _mode(observations: list[Observation], alt: float | None, sats: float | None) -> int:
-    inferred = MODE_3D if alt is not None and (sats is None or sats >= 4) else MODE_2D
-    gsa = [o.gsa_mode for o in observations if o.gsa_mode is not None]
-    return max(inferred, *gsa) if gsa else inferred

@@ -2,18 +2,29 @@
 
 Plain immutable data, created by the epoch assembler (GNSS reader thread or
 ``gnss decode``) and read by anyone. A Fix without a position (mode 1) has
-``lat``/``lon`` of ``None``: never 0,0.
+``lat``/``lon`` of ``None``: never 0,0. A simulated epoch (the receiver in
+simulator mode) is mode 1 with ``simulated`` set: never a position.
+
+``TIME_FLOOR`` is the build-date floor: no live receiver can be earlier than
+the day this code was written, so a receiver time before it is wrong (a GPS
+week rollover, a pre-fix default date such as 1980-01-06) and
+``time_trusted`` is False. The time is still reported as the receiver sent
+it, as gpsd does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 MODE_NO_FIX = 1
 MODE_2D = 2
 MODE_3D = 3
+
+#: The build-date floor (UTC). Move it forward when releasing; never past the release date.
+TIME_FLOOR = date(2026, 11, 1)
+TIME_FLOOR_MS = int(datetime(TIME_FLOOR.year, TIME_FLOOR.month, TIME_FLOOR.day, tzinfo=UTC).timestamp()) * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +41,17 @@ class Fix:
     quality: int | None = None  # GGA fix quality (1 GPS, 2 DGPS, 4 RTK fixed, 5 RTK float...)
     sats_used: int | None = None
     hdop: float | None = None
+    simulated: bool = False  # the receiver is in simulator mode: mode 1, no position, a fault for the core
+    no_fix_reason: str | None = None  # why an epoch is mode 1 ("simulated", "no satellites used"...)
 
     @property
     def has_position(self) -> bool:
         return self.mode >= MODE_2D and self.lat is not None and self.lon is not None
+
+    @property
+    def time_trusted(self) -> bool:
+        """A receiver time that may set the unit's idea of now: stated with a live fix, not before the floor."""
+        return self.time_ms is not None and self.has_position and self.time_ms >= TIME_FLOOR_MS
 
     @property
     def time_iso(self) -> str | None:
@@ -56,4 +74,6 @@ class Fix:
             "quality": self.quality,
             "sats_used": self.sats_used,
             "hdop": self.hdop,
+            "simulated": self.simulated,
+            "no_fix_reason": self.no_fix_reason,
         }

@@ -5,6 +5,20 @@ pyserial (a real tty, a pty, or any pyserial URL), feeds the bytes to an
 :class:`NmeaDecoder`, and hands each Fix to ``on_fix`` and each change of
 receiver state to ``on_state``. Both callbacks must return at once (the agent
 puts an event on its queue); an exception in one is logged, never fatal.
+Each turn of its loop waits at most 0.25 s.
+
+An epoch goes out as soon as the sentence that closes the receiver's cycle
+arrives, once that sentence is learnt (drivers/gnss/cycle.py); until then,
+and for receivers whose cycle varies, it goes out when the line has been
+quiet for ``gnss.quiet_flush_ms``. With a learnt cycle an epoch whose ender
+is late waits a little longer (``_LEARNT_QUIET_FACTOR`` times the gap,
+0.25 s at most) before the quiet line closes it: the next epoch's time
+closes it in any case.
+
+A cold start without time is a state: sentences arrive but none carries a
+date and time (``waiting_for_time``); after ``gnss.no_time_after_s`` it is
+``no_time``, which the core reports as a fault. The sentences held meanwhile
+are bounded (the decoder counts the ones it drops).
 
 The device may vanish at any moment (a USB receiver knocked out by a knee):
 the reader reports it, closes the port and reopens it with exponential
@@ -31,6 +45,8 @@ from drivers.gnss.fix import Fix
 log = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 0.25  # how often the thread looks at its clock when the line is silent
+_LEARNT_QUIET_FACTOR = 5  # with a learnt cycle, a missing ender waits this many quiet gaps
+_TIME_GRACE_S = 3.0  # sentences but no timed epoch for this long (a few cycles) mean waiting for time
 
 
 class GnssState(StrEnum):
@@ -38,7 +54,9 @@ class GnssState(StrEnum):
     DEVICE_MISSING = "device_missing"  # cannot open: absent, unplugged, no permission
     NO_DATA = "no_data"  # open, but silent
     NO_NMEA = "no_nmea"  # bytes, but no valid sentence: usually the wrong baud rate
-    NO_FIX = "no_fix"  # sentences, but the receiver has no position
+    WAITING_FOR_TIME = "waiting_for_time"  # sentences, but none carries a date and time (cold start)
+    NO_TIME = "no_time"  # ... for longer than gnss.no_time_after_s: a fault
+    NO_FIX = "no_fix"  # sentences with a time, but the receiver has no position
     FIX = "fix"
 
 
@@ -77,7 +95,9 @@ class GnssReader:
         on_state: Callable[[GnssState, str], None] | None = None,
         serial_factory: SerialFactory = open_serial,
         clock: Callable[[], float] = time.monotonic,
+        learn_cycle: bool = True,
     ) -> None:
+        """``learn_cycle=False`` keeps the quiet-line end of epoch only (the benchmark's baseline)."""
         self._cfg = cfg
         self._on_fix = on_fix
         self._on_state = on_state
@@ -86,13 +106,15 @@ class GnssReader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._beat: Callable[[], None] = _no_beat
-        self.decoder = NmeaDecoder(default_day=cfg.default_date)
+        self.decoder = NmeaDecoder(default_day=cfg.default_date, learn_cycle=learn_cycle)
         self.state = GnssState.OPENING
         self.state_detail = ""
         self.opens = 0
         self.disconnects = 0
         self.last_fix: Fix | None = None
         self.last_fix_at: float | None = None  # monotonic
+        self._time_at = 0.0  # monotonic: port opened, or the last epoch with a time or a position
+        self._time_grace_s = min(_TIME_GRACE_S, cfg.no_time_after_s / 2)
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -150,23 +172,28 @@ class GnssReader:
 
     def _read(self, port: Any) -> None:
         self._set_state(GnssState.OPENING, "port open, waiting for data", level=logging.INFO)
+        self.decoder.forget_cycle()
         now = self._clock()
-        last_bytes = last_sentence = opened = now
+        last_bytes = last_sentence = opened = self._time_at = now
         quiet_s = self._cfg.quiet_flush_ms / 1000
+        learnt_quiet_s = min(_IDLE_WAIT_S, quiet_s * _LEARNT_QUIET_FACTOR)
         fileno = _fileno(port)
+        decoder = self.decoder
         while not self._stop.is_set():
             self._beat()
-            wait = quiet_s if self.decoder.epoch_pending else _IDLE_WAIT_S
+            wait = (learnt_quiet_s if decoder.cycle_learnt else quiet_s) if decoder.epoch_pending else _IDLE_WAIT_S
             data = _read_available(port, fileno, wait)
             now = self._clock()
             if data:
                 last_bytes = now
-                before = self.decoder.counters.sentences
-                self._deliver(self.decoder.feed(data))
-                if self.decoder.counters.sentences != before:
+                before = decoder.sentences
+                self._deliver(decoder.feed(data))
+                if decoder.sentences != before:
+                    if now - last_sentence > self._time_grace_s:
+                        self._time_at = max(self._time_at, now)  # talking again after a silence: a new start
                     last_sentence = now
-            elif self.decoder.epoch_pending:
-                self._deliver(self.decoder.flush())  # the line went quiet: the epoch is complete
+            elif decoder.epoch_pending:
+                self._deliver(decoder.flush())  # the line went quiet: the epoch is complete
             self._check_silence(now, max(last_bytes, opened), max(last_sentence, opened))
 
     def _check_silence(self, now: float, last_bytes: float, last_sentence: float) -> None:
@@ -178,14 +205,29 @@ class GnssReader:
                 f"bytes but no valid NMEA for {now - last_sentence:.0f} s "
                 f"(wrong baud rate? configured {self._cfg.baudrate})",
             )
+        elif now - self._time_at > self._time_grace_s and now - last_sentence < self._time_grace_s:
+            self._no_time(now)
+
+    def _no_time(self, now: float) -> None:
+        waited = now - self._time_at
+        if waited >= self._cfg.no_time_after_s:
+            self._set_state(GnssState.NO_TIME, f"no date and time from the receiver for {waited:.0f} s")
+        else:
+            self._set_state(GnssState.WAITING_FOR_TIME, "sentences without a date and time (cold start?)",
+                            level=logging.INFO)
 
     def _deliver(self, fixes: list[Fix]) -> None:
         for fix in fixes:
+            now = self._clock()
             if fix.has_position:
-                self.last_fix, self.last_fix_at = fix, self._clock()
+                self.last_fix, self.last_fix_at = fix, now
+                self._time_at = now
                 self._set_state(GnssState.FIX, f"{fix.mode}D fix")
+            elif fix.time_ms is not None:
+                self._time_at = now
+                self._set_state(GnssState.NO_FIX, f"receiver reports no fix ({fix.no_fix_reason})")
             else:
-                self._set_state(GnssState.NO_FIX, "receiver reports no fix")
+                self._no_time(now)
             try:
                 self._on_fix(fix)
             except Exception:

@@ -1,14 +1,50 @@
 """Sentences: one validated NMEA line in, the facts it states out.
 
-Pure functions, no thread of their own. Every line must carry a correct
-checksum (pynmea2 parses with ``check=True``; a missing checksum is refused
-before that). Fields are then read from the raw field list with our own
-converters, because pynmea2's conversions hand back raw strings on bad input
-and report 0,0 for a status-V RMC (see PITFALLS.md).
+Pure functions, no thread of their own (called by the GNSS reader thread and
+by ``gnss decode``). Every line must carry a correct checksum (a missing one
+is refused). Fields are read from the raw field list with strict converters
+of our own: pynmea2's conversions hand back raw strings on bad input and
+report 0,0 for a status-V RMC (PITFALLS.md), and Python's ``float()`` takes
+``nan``, ``inf``, ``1e999`` and ``1_0``.
 
-Any talker is accepted (GP, GN, GL, GA, GB, BD, GQ, QZ...). The position and
-timing sentences RMC, GGA, GNS, GLL, GSA, VTG and ZDA are decoded; others with
-a good checksum (GSV, GST, TXT, proprietary) are accepted and skipped.
+Any talker is accepted (GP, GN, GL, GA, GB, BD, GQ, QZ...). RMC, GGA, GNS,
+GLL, GSA, VTG and ZDA are decoded; other sentences with a good checksum
+(GSV, GST, GBS, TXT, proprietary) are accepted and skipped.
+
+Rules applied here, per sentence (gpsd 3.22's drivers/driver_nmea0183.c read
+for each; where we differ it is said):
+
+- Numbers: a numeric field is digits with an optional sign and decimal point,
+  nothing else. NaN, Infinity, exponents or garbage in ANY numeric field,
+  used by us or not, make the sentence invalid: it is counted and dropped,
+  never half-used. (gpsd's ``safe_atof`` turns them into NaN and carries on.)
+- Ranges: latitude <= 90, longitude <= 180, minutes < 60; altitude
+  -1,000..100,000 m; speed >= 0; course 0..360; DOPs 0..999; satellites
+  0..99; GGA quality 0..9. Out of range makes the sentence invalid.
+- Dates: RMC ``ddmmyy`` and ZDA day/month/year must be a real calendar day;
+  a ZDA year outside 1900..2200 is invalid (gpsd's bounds: year 9999 is
+  refused). The century of a two-digit year is resolved in ``epoch.py``.
+- What states a fix (``fix`` True), with coordinates present:
+  RMC status A or D with a mode indicator other than N; GGA quality 1..7 or
+  9 (1 GPS, 2 DGPS, 3 PPS, 4 RTK, 5 float RTK, 6 estimated, 7 manual, 9 SBAS);
+  GNS whose first mode character is not N (gpsd looks at the first only) and
+  whose NMEA 4.1 navigation status is not U or V; GLL status A with a mode
+  other than N.
+- What states no fix (``fix`` False): RMC status V or mode N; GGA quality 0;
+  GNS mode N; GLL status V or mode N. An empty GGA quality and a GNS with
+  navigation status U/V state nothing (``fix`` None), as gpsd ignores them.
+- Simulated (``simulated`` True): GGA quality 8, mode indicator S in RMC, GLL,
+  GNS (any system) or VTG. gpsd reports these as fixes flagged status 8 (or
+  not flagged at all for GNS); we never turn them into a position.
+- The NMEA 4.1 RMC navigation status (u-blox sends V beside a valid fix) is
+  not a fix statement, as in gpsd.
+- RMC date and time count only when the RMC states a valid status (A/D):
+  MTK and Royaltek receivers send bogus dates such as 060180 with status V
+  (gpsd's comment in processRMC). The time of day still separates epochs.
+- GSA: mode 1/2/3; ``E`` (u-blox Antaris dead reckoning) or empty states no
+  mode, as in gpsd. A GSA with fewer than 17 fields is ignored (gpsd's
+  minimum). The number of PRNs listed is kept.
+- Coordinates of exactly 0,0 are never a position, whatever the status.
 """
 
 from __future__ import annotations
@@ -17,13 +53,18 @@ import re
 from dataclasses import dataclass
 from datetime import date
 
-import pynmea2
-
 KNOTS_TO_MPS = 1852.0 / 3600.0
 KMH_TO_MPS = 1000.0 / 3600.0
 
 _SHAPE = re.compile(r"\$([A-Z][A-Z0-9]{4,5}),[\x20-\x7e]*\*[0-9A-Fa-f]{2}")
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)")
+_UNSIGNED = re.compile(r"\d+\.?\d*|\.\d+")
+_DIGITS = re.compile(r"\d+")
 DECODED = frozenset({"RMC", "GGA", "GNS", "GLL", "GSA", "VTG", "ZDA"})
+_MIN_FIELDS = {"RMC": 7, "GGA": 12, "GNS": 12, "GLL": 6, "GSA": 2, "VTG": 4, "ZDA": 3}  # gpsd's minimums
+_FIX_QUALITIES = frozenset({1, 2, 3, 4, 5, 6, 7, 9})
+_PAD = [""] * 20
+_PRN_LIST = re.compile(r"(?:\d{0,3},)*\d{0,3}")
 
 
 class SentenceError(ValueError):
@@ -39,9 +80,12 @@ class Observation:
     """What one sentence says. ``None`` means the sentence does not say."""
 
     kind: str  # sentence type: RMC, GGA...
+    talker: str = ""
     tod_ms: int | None = None  # UTC time of day, milliseconds
-    day: date | None = None
-    valid: bool | None = None  # explicit fix / no-fix statement
+    day: date | None = None  # full date (ZDA)
+    ddmmyy: tuple[int, int, int] | None = None  # RMC date, two-digit year: century resolved by the epoch
+    fix: bool | None = None  # the sentence's own fix statement
+    simulated: bool = False
     lat: float | None = None
     lon: float | None = None
     alt_msl: float | None = None
@@ -51,6 +95,7 @@ class Observation:
     sats_used: int | None = None
     hdop: float | None = None
     gsa_mode: int | None = None
+    gsa_prns: int = 0
 
 
 def xor_bytes(data: bytes) -> int:
@@ -77,55 +122,76 @@ def parse_line(line: str) -> Observation | None:
     """Validate ``line``; return its observation, or None if it is skipped.
 
     Raises :class:`ChecksumMismatch` or :class:`SentenceError` for lines to be
-    counted and dropped.
+    counted and dropped. Never raises anything else, whatever the line.
     """
     shape = _SHAPE.fullmatch(line)
     if shape is None:
         raise SentenceError("not an NMEA sentence with checksum")
+    body = line[1:-3]
+    if xor_bytes(body.encode("ascii")) != int(line[-2:], 16):
+        raise ChecksumMismatch("checksum does not match")
     address = shape.group(1)
-    kind = address[2:] if len(address) == 5 and not address.startswith("P") else ""
+    kind = address[2:] if len(address) == 5 and address[0] != "P" else ""
     if kind not in DECODED:
-        if not checksum_ok(line):
-            raise ChecksumMismatch("checksum does not match")
         return None  # accepted, nothing we use (GSV, GST, TXT, proprietary...)
+    data = body[len(address) + 1 :].split(",")
+    count = len(data)
+    if count < _MIN_FIELDS[kind]:
+        raise SentenceError(f"{kind}: {count} fields")
+    if " " in body:
+        data = [text.strip() for text in data]
+    data += _PAD  # every field index of a decoder exists: empty when the sentence is short
     try:
-        msg = pynmea2.parse(line, check=True)
-    except pynmea2.ChecksumError:
-        raise ChecksumMismatch("checksum does not match") from None
-    except pynmea2.ParseError as exc:
-        raise SentenceError(str(exc)) from None
-    try:
-        return _DECODERS[kind](msg.data)
-    except (ValueError, IndexError) as exc:
+        obs = _DECODERS[kind](data, count)
+    except (ValueError, IndexError, OverflowError) as exc:
         raise SentenceError(f"{kind}: {exc}") from None
+    obs.talker = address[:2]
+    return obs
 
 
-# --- field converters: empty -> None, nonsense -> ValueError ----------------
+# --- field converters: empty -> None, nonsense or out of range -> ValueError ---
 
 
-def _float(text: str) -> float | None:
-    return float(text) if text else None
+def number(text: str, low: float, high: float) -> float | None:
+    if not text:
+        return None
+    if _NUMBER.fullmatch(text) is None:
+        raise ValueError(f"not a number {text!r}")
+    value = float(text)
+    if not low <= value <= high:
+        raise ValueError(f"out of range {text!r}")
+    return value
 
 
-def _int(text: str) -> int | None:
-    return int(text) if text else None
+def integer(text: str, low: int, high: int) -> int | None:
+    if not text:
+        return None
+    if _DIGITS.fullmatch(text) is None:
+        raise ValueError(f"not an integer {text!r}")
+    value = int(text)
+    if not low <= value <= high:
+        raise ValueError(f"out of range {text!r}")
+    return value
 
 
-def _field(data: list[str], index: int) -> str:
-    return data[index].strip() if index < len(data) else ""
+def _check(data: list[str], indexes: tuple[int, ...], low: float, high: float) -> None:
+    """Fields we do not use must still be numbers (or empty)."""
+    for index in indexes:
+        number(data[index], low, high)
 
 
 def tod_ms(text: str) -> int | None:
     """``hhmmss[.sss]`` -> milliseconds of the day (rounded, not truncated)."""
     if not text:
         return None
-    if len(text) < 6 or not text[:6].isdigit():
+    if len(text) < 6 or _UNSIGNED.fullmatch(text) is None or not text[:6].isdigit():
         raise ValueError(f"bad time {text!r}")
     hours, minutes = int(text[0:2]), int(text[2:4])
     seconds = float(text[4:])
-    if hours > 23 or minutes > 59 or not 0 <= seconds < 61:
+    leap = hours == 23 and minutes == 59 and 60 <= seconds < 61  # a leap second: the last instant of the day
+    if hours > 23 or minutes > 59 or not (seconds < 60 or leap):
         raise ValueError(f"bad time {text!r}")
-    return (hours * 3600 + minutes * 60) * 1000 + round(seconds * 1000)
+    return min((hours * 3600 + minutes * 60) * 1000 + round(seconds * 1000), 86_399_999)
 
 
 def coordinate(value: str, hemisphere: str, max_degrees: int) -> float | None:
@@ -134,7 +200,7 @@ def coordinate(value: str, hemisphere: str, max_degrees: int) -> float | None:
         return None
     dot = value.find(".")
     head = len(value) if dot < 0 else dot
-    if head < 3 or not value[:head].isdigit():
+    if head < 3 or _UNSIGNED.fullmatch(value) is None:
         raise ValueError(f"bad coordinate {value!r}")
     degrees = int(value[: head - 2])
     minutes = float(value[head - 2 :])
@@ -149,95 +215,136 @@ def coordinate(value: str, hemisphere: str, max_degrees: int) -> float | None:
 
 
 def _position(data: list[str], at: int) -> tuple[float | None, float | None]:
-    lat = coordinate(_field(data, at), _field(data, at + 1), 90)
-    lon = coordinate(_field(data, at + 2), _field(data, at + 3), 180)
-    if lat is None or lon is None:
+    lat = coordinate(data[at], data[at + 1], 90)
+    lon = coordinate(data[at + 2], data[at + 3], 180)
+    if lat is None or lon is None or (lat == 0 and lon == 0):
         return None, None
     return lat, lon
 
 
-def _rmc(data: list[str]) -> Observation:
-    status = _field(data, 1)
-    mode_indicator = _field(data, 11)
-    valid = status == "A" and mode_indicator != "N"
-    obs = Observation("RMC", tod_ms=tod_ms(_field(data, 0)), valid=valid)
-    raw_date = _field(data, 8)
-    if raw_date:
-        if len(raw_date) != 6 or not raw_date.isdigit():
-            raise ValueError(f"bad date {raw_date!r}")
-        obs.day = date(2000 + int(raw_date[4:6]), int(raw_date[2:4]), int(raw_date[0:2]))
-    if valid:
-        obs.lat, obs.lon = _position(data, 2)
-        obs.valid = obs.lat is not None
-        knots = _float(_field(data, 6))
-        obs.speed_mps = None if knots is None else knots * KNOTS_TO_MPS
-        obs.course_deg = _float(_field(data, 7))
+def _speed_course(obs: Observation, knots: str, course: str) -> None:
+    speed = number(knots, 0, 10_000)
+    obs.speed_mps = None if speed is None else speed * KNOTS_TO_MPS
+    obs.course_deg = number(course, 0, 360)
+
+
+def _ddmmyy(text: str) -> tuple[int, int, int] | None:
+    if not text:
+        return None
+    if len(text) != 6 or not text.isdigit():
+        raise ValueError(f"bad date {text!r}")
+    day, month, year = int(text[0:2]), int(text[2:4]), int(text[4:6])
+    date(2000 + year, month, day)  # a real calendar day (29 February checked in the epoch's century)
+    return day, month, year
+
+
+def _rmc(data: list[str], count: int) -> Observation:
+    status, mode = data[1], data[11]
+    obs = Observation("RMC", tod_ms=tod_ms(data[0]), simulated=mode == "S")
+    lat, lon = _position(data, 2)
+    _speed_course(obs, data[6], data[7])
+    _check(data, (9,), 0, 180)  # magnetic variation
+    obs.fix = status in ("A", "D") and mode != "N"
+    if obs.fix:
+        obs.ddmmyy = _ddmmyy(data[8])  # with status V the date is not read at all (060180...)
+        obs.lat, obs.lon = lat, lon
+    else:
+        obs.speed_mps = obs.course_deg = None
     return obs
 
 
-def _gga(data: list[str]) -> Observation:
-    quality = _int(_field(data, 5))
-    obs = Observation("GGA", tod_ms=tod_ms(_field(data, 0)), quality=quality)
-    obs.valid = bool(quality)
-    obs.sats_used = _int(_field(data, 6))
-    obs.hdop = _float(_field(data, 7))
-    if obs.valid:
-        obs.lat, obs.lon = _position(data, 1)
-        obs.valid = obs.lat is not None
-        obs.alt_msl = _float(_field(data, 8))
+def _gga(data: list[str], count: int) -> Observation:
+    quality = integer(data[5], 0, 9)
+    obs = Observation("GGA", tod_ms=tod_ms(data[0]), quality=quality, simulated=quality == 8)
+    lat, lon = _position(data, 1)
+    obs.sats_used = integer(data[6], 0, 99)
+    obs.hdop = number(data[7], 0, 999)
+    alt = number(data[8], -1_000, 100_000)
+    _check(data, (10,), -1_000, 1_000)  # geoid separation
+    _check(data, (12, 13), 0, 100_000)  # age of differential corrections, reference station
+    if quality is not None:
+        obs.fix = quality in _FIX_QUALITIES
+    if obs.fix:
+        obs.lat, obs.lon, obs.alt_msl = lat, lon, alt
     return obs
 
 
-def _gns(data: list[str]) -> Observation:
-    modes = _field(data, 5)
-    valid = any(char not in "NV" for char in modes)
-    obs = Observation("GNS", tod_ms=tod_ms(_field(data, 0)), valid=valid)
-    obs.sats_used = _int(_field(data, 6))
-    obs.hdop = _float(_field(data, 7))
-    if valid:
-        obs.lat, obs.lon = _position(data, 1)
-        obs.valid = obs.lat is not None
-        obs.alt_msl = _float(_field(data, 8))
+def _gns(data: list[str], count: int) -> Observation:
+    modes = data[5]
+    obs = Observation("GNS", tod_ms=tod_ms(data[0]), simulated="S" in modes)
+    lat, lon = _position(data, 1)
+    obs.sats_used = integer(data[6], 0, 99)
+    obs.hdop = number(data[7], 0, 999)
+    alt = number(data[8], -1_000, 100_000)
+    _check(data, (9,), -1_000, 1_000)
+    _check(data, (10, 11), 0, 100_000)
+    if not modes or modes[0] == "N":
+        obs.fix = False
+    elif data[12] not in ("U", "V"):
+        obs.fix = True
+        obs.lat, obs.lon, obs.alt_msl = lat, lon, alt
     return obs
 
 
-def _gll(data: list[str]) -> Observation:
-    valid = _field(data, 5) == "A" and _field(data, 6) != "N"
-    obs = Observation("GLL", tod_ms=tod_ms(_field(data, 4)), valid=valid)
-    if valid:
-        obs.lat, obs.lon = _position(data, 0)
-        obs.valid = obs.lat is not None
+def _gll(data: list[str], count: int) -> Observation:
+    status, mode = data[5], data[6]
+    obs = Observation("GLL", tod_ms=tod_ms(data[4]), simulated=mode == "S")
+    lat, lon = _position(data, 0)
+    obs.fix = status == "A" and mode != "N"
+    if obs.fix:
+        obs.lat, obs.lon = lat, lon
     return obs
 
 
-def _gsa(data: list[str]) -> Observation:
-    mode = _int(_field(data, 1))
-    if mode is not None and mode not in (1, 2, 3):
-        raise ValueError(f"bad GSA mode {mode}")
-    return Observation("GSA", gsa_mode=mode, hdop=_float(_field(data, 15)))
+def _gsa(data: list[str], count: int) -> Observation:
+    obs = Observation("GSA")
+    if count < 17:
+        return obs  # gpsd: "malformed", not used
+    mode = data[1]
+    if mode not in ("", "E"):
+        obs.gsa_mode = integer(mode, 1, 3)
+    standard = count <= 18  # 12 PRNs, PDOP, HDOP, VDOP [, NMEA 4.1 system id]
+    dop_at = 14 if standard else count - 3  # longer ones (the Navior's 24 PRNs): DOPs last, ignored as gpsd does
+    prns = data[2:dop_at]
+    if _PRN_LIST.fullmatch(",".join(prns)) is None:
+        raise ValueError("bad PRN")
+    obs.gsa_prns = sum(1 for prn in prns if prn.strip("0"))
+    dops = [number(data[i], 0, 999) for i in (dop_at, dop_at + 1, dop_at + 2)]
+    if standard:
+        obs.hdop = dops[1]
+        integer(data[17], 0, 15)
+    return obs
 
 
-def _vtg(data: list[str]) -> Observation:
+def _vtg(data: list[str], count: int) -> Observation:
     obs = Observation("VTG")
-    if _field(data, 1) in ("T", "") and len(data) >= 8:  # NMEA 2.3+: value,unit pairs
-        if _field(data, 8) == "N":
-            return obs
-        course, knots, kmh = _field(data, 0), _field(data, 4), _field(data, 6)
+    if data[1] in ("T", "") and count >= 8:  # NMEA 2.3+: value,unit pairs
+        mode = data[8]
+        course, magnetic, knots, kmh = data[0], data[2], data[4], data[6]
     else:  # pre-2.3: true, magnetic, knots, km/h
-        course, knots, kmh = _field(data, 0), _field(data, 2), _field(data, 3)
-    obs.course_deg = _float(course)
-    if knots:
-        obs.speed_mps = float(knots) * KNOTS_TO_MPS
-    elif kmh:
-        obs.speed_mps = float(kmh) * KMH_TO_MPS
+        mode = ""
+        course, magnetic, knots, kmh = data[0], data[1], data[2], data[3]
+    obs.simulated = mode == "S"
+    obs.course_deg = number(course, 0, 360)
+    number(magnetic, 0, 360)
+    speed_knots, speed_kmh = number(knots, 0, 10_000), number(kmh, 0, 20_000)
+    if speed_knots is not None:
+        obs.speed_mps = speed_knots * KNOTS_TO_MPS
+    elif speed_kmh is not None:
+        obs.speed_mps = speed_kmh * KMH_TO_MPS
+    if mode in ("N", "E"):  # not valid, or dead-reckoned: gpsd leaves speed and track alone
+        obs.speed_mps = obs.course_deg = None
     return obs
 
 
-def _zda(data: list[str]) -> Observation:
-    obs = Observation("ZDA", tod_ms=tod_ms(_field(data, 0)))
-    day, month, year = _field(data, 1), _field(data, 2), _field(data, 3)
-    if day and month and year:
-        obs.day = date(int(year), int(month), int(day))
+def _zda(data: list[str], count: int) -> Observation:
+    obs = Observation("ZDA", tod_ms=tod_ms(data[0]))
+    day, month, year = (integer(data[i], 0, 9999) for i in (1, 2, 3))
+    _check(data, (4, 5), -99, 99)
+    if day is not None and month is not None and year is not None:
+        if not 1900 <= year <= 2200:
+            raise ValueError(f"ZDA year {year}")
+        obs.day = date(year, month, day)
     return obs
 
 
