@@ -76,6 +76,7 @@ class GnssConfig(Section):
     no_nmea_after_s: Seconds = 5.0
     reopen_initial_s: Seconds = 0.5
     reopen_max_s: Seconds = 10.0
+    max_fix_age_s: Seconds = 3.0
 
     @model_validator(mode="after")
     def _check(self) -> GnssConfig:
