@@ -44,7 +44,6 @@ from drivers.gpio import Feedback
 
 log = logging.getLogger(__name__)
 
-LIVE_FIX_S = 2.0  # a fix younger than this is "live" in an alert
 STATE_KEY = "emergency"
 OPEN = (AlertState.RAISED.value, AlertState.DELIVERED.value)
 
@@ -60,6 +59,7 @@ class OpenAlert:
     attempt: int = 0
     pending: list[int] = field(default_factory=list)  # outbox rows of this alert not yet acknowledged
     last_published: float = 0.0  # monotonic
+    opened_at: float = float("-inf")  # monotonic, this boot (a restored alert opened "long ago")
 
     @property
     def closed(self) -> bool:
@@ -91,6 +91,8 @@ class Alerts:
             log.error("the saved emergency could not be read; it is kept as it was on disk")
             return
         self.emergency.pending = []
+        # moments of another boot's monotonic clock mean nothing in this one
+        self.emergency.last_published = self.emergency.opened_at = float("-inf")
         log.warning("emergency %s still open after restart (%s)", self.emergency.alert_id, self.emergency.state)
         self._reporting.emergency(self.emergency.alert_id)
         self._show()
@@ -118,7 +120,8 @@ class Alerts:
                 self.publish(self.emergency, note=f"{trigger} pressed again")
             return self.emergency
         when, _ = clock.now()
-        alert = OpenAlert(str(uuid.uuid4()), trigger, when.isoformat(), test=test, covert=self._covert)
+        alert = OpenAlert(str(uuid.uuid4()), trigger, when.isoformat(), test=test, covert=self._covert,
+                          opened_at=clock.monotonic())
         if test:
             self.tests[alert.alert_id] = (alert, request)
         else:
@@ -144,14 +147,18 @@ class Alerts:
         self._sender.send(message, Priority.ALERT)
 
     def best_position(self) -> BestPosition:
+        """The live fix, else the last known position with its age (an alert in a tunnel still says
+        where the car was, and how long ago)."""
         where = self._positioning
-        fix, at = where.last_position_fix, where.last_position_at
-        if fix is None or at is None:
+        now = self._sender.clock.monotonic()
+        live = where.live(now)
+        if live is not None and where.last_fix_at is not None:
+            return BestPosition(source=PositionSource.LIVE, age_s=round(now - where.last_fix_at, 1),
+                                fix=position_of(live))
+        known = where.last_known(now)
+        if known is None:
             return BestPosition(source=PositionSource.NONE)
-        age = self._sender.clock.monotonic() - at
-        live = age <= LIVE_FIX_S and where.last_fix is fix
-        return BestPosition(source=PositionSource.LIVE if live else PositionSource.LAST_KNOWN,
-                            age_s=round(age, 1), fix=position_of(fix))
+        return BestPosition(source=PositionSource.LAST_KNOWN, age_s=known.age_s, fix=known.fix)
 
     def _alerts(self) -> list[OpenAlert]:
         found = [a for a, _ in self.tests.values()]

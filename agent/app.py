@@ -119,7 +119,7 @@ class Agent:
                              post=self.inbox.put)
         forwarder = self.forwarder = Forwarder(cfg.mqtt, self.outbox, self.uplink, clock,
                               online_status=lambda: (self.topics.status, status_message(sender, cfg, "online")))
-        positioning = self.positioning = Positioning(clock, faults)
+        positioning = self.positioning = Positioning(cfg.gnss, clock, faults)
         reporting = Reporting(cfg.reporting, sender, positioning)
         assert self.feedback is not None
         alerts = self.alerts = Alerts(cfg, sender, positioning, reporting, self.feedback)

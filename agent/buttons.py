@@ -20,7 +20,6 @@ the mock pins, exactly as a finger would.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from agent.alerts import Alerts
@@ -125,18 +124,13 @@ class Buttons:
     def _short_press(self, button: Button, at: float) -> None:
         rule = self._cancel
         alert = self._alerts.emergency
-        if alert is None or not self._may_cancel(alert.raised_at):
+        if alert is None or at - alert.opened_at < rule.not_before_s:
             button.short_presses.clear()
             return
         button.short_presses = [t for t in button.short_presses if at - t <= rule.within_s] + [at]
         if len(button.short_presses) >= rule.presses:
             button.short_presses.clear()
             self._alerts.cancel(button.cfg.name)
-
-    def _may_cancel(self, raised_at: str) -> bool:
-        raised = datetime.fromisoformat(raised_at)
-        now_wall, _ = self._sender.clock.now()
-        return (now_wall - raised).total_seconds() >= self._cancel.not_before_s
 
     def _held(self, button: Button, now: float) -> None:
         cfg = button.cfg

@@ -84,6 +84,7 @@ class GnssConfig(Section):
     no_time_after_s: Seconds = 60.0  # sentences without a usable time for this long: state no_time
     reopen_initial_s: Seconds = 0.5
     reopen_max_s: Seconds = 10.0
+    max_fix_age_s: Seconds = 3.0
 
     @field_validator("baudrate")
     @classmethod

@@ -32,6 +32,14 @@ from agent.unit import Faults, Sender
 STATUS_EVERY_S = 10.0
 
 
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.0f} h"
+
+
 def status_message(sender: Sender, cfg: AgentConfig, state: str, reason: str | None = None) -> bytes:
     status = Status(**sender.envelope(), state=state, agent_version=__version__, unit=cfg.vehicle.unit,
                     directorate=cfg.vehicle.directorate, reason=reason)
@@ -81,8 +89,13 @@ class Health:
         """One line for systemd's STATUS= and the technicians."""
         link = "link up" if self._forwarder.link.up else "link down"
         where = self._positioning
-        fix = where.last_fix
-        gnss = f"GNSS {fix.mode}D" if fix is not None and fix.has_position else f"GNSS {where.state.value}"
+        live = where.live(now)
+        age = where.position_age(now)
+        if live is not None and age is not None:
+            gnss = f"GNSS {live.mode}D {age:.1f} s old"
+        else:
+            state = "no fix" if where.state.value == "fix" else where.state.value.replace("_", " ")
+            gnss = f"GNSS {state}" + ("" if age is None else f", last fix {_ago(age)} ago")
         line = f"{link}, {gnss}, outbox {self._sender.outbox.depth}"
         alert = self._alerts.emergency_id
         if alert:
@@ -106,8 +119,9 @@ class Health:
         link = self._forwarder.link
         where = self._positioning
         fix = where.last_fix
+        live = where.live(now)
         gnss: dict[str, Any] = {
-            "state": where.state.value, "mode": fix.mode if fix else None,
+            "state": where.state.value, "mode": live.mode if live else 1,
             "fix_age_s": None if where.last_position_at is None else round(now - where.last_position_at, 1),
             "sats_used": fix.sats_used if fix else None,
         }
@@ -123,6 +137,12 @@ class Health:
             "simulation": self._cfg.simulation, "gpio_factory": self._gpio.get("factory"),
         }
 
+    def _time_fields(self) -> dict[str, Any]:
+        clock = self._sender.clock
+        when, source = clock.now()
+        return {"now": when.isoformat(), "source": source.value, "system_synced": clock.system_synced(),
+                "receiver_times_refused": clock.refused}
+
     def status(self, now: float) -> dict[str, Any]:
         """What ``patrol-agent status`` and ``monitor`` show."""
         state = self.fields(now)
@@ -133,7 +153,9 @@ class Health:
                 "lat": fix.lat, "lon": fix.lon, "alt_msl": fix.alt_msl, "speed_mps": fix.speed_mps,
                 "course_deg": fix.course_deg, "hdop": fix.hdop, "sats_used": fix.sats_used, "mode": fix.mode,
                 "fix_time": fix.time_iso, "age_s": round(now - where.last_position_at, 1),
+                "live": where.live(now) is fix,
             }
+        state["time"] = self._time_fields()
         emergency = self._alerts.emergency
         if emergency is not None:
             raised = datetime.fromisoformat(emergency.raised_at)

@@ -88,6 +88,15 @@ class Position(BaseModel):
     fix_time: UtcTime | None = Field(default=None, description="GNSS time of the fix")
 
 
+class LastKnown(BaseModel):
+    """Where the vehicle was last known to be, and how long ago, when there is no live fix."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    fix: Position
+    age_s: float = Field(ge=0, description="seconds since that fix")
+
+
 class PositionReport(Message):
     """``<prefix>/<vehicle>/position``: where the vehicle is (or that it does not know)."""
 
@@ -96,8 +105,10 @@ class PositionReport(Message):
         "interval", "distance", "heading", "speed", "fix_lost", "fix_regained",
         "ignition_on", "ignition_off", "emergency", "requested", "start",
     ]
-    fix: Position | None = Field(description="null when the receiver has no fix (mode 1)")
-    gnss_mode: Literal[1, 2, 3]
+    fix: Position | None = Field(description="the live fix; null when there is none (no fix, or the last one is "
+                                              "older than gnss.max_fix_age_s): never a stale fix")
+    gnss_mode: Literal[1, 2, 3] = Field(description="the live fix's mode; 1 when there is no live fix")
+    last_known: LastKnown | None = Field(default=None, description="with fix null: the last fix and its age")
     alert_id: str | None = Field(default=None, description="set while an emergency is open")
 
 

@@ -5,17 +5,20 @@ A component on the core thread. Normally the reporting policy
 a position now or a faster rhythm for a while (``set_reporting``); during an
 emergency a position goes out every ``reporting.emergency_interval_s``,
 tagged with the alert id, whatever the policy says (with each new epoch
-once the interval is up, and without one, when the receiver is gone, from
-the last known fix).
+once the interval is up; without one, when the receiver is gone, a report
+with no live fix and the last known position with its age).
+
+A report never carries a stale fix as live: ``fix`` is the epoch that
+triggered it, or the last epoch if it is no older than
+``gnss.max_fix_age_s``; otherwise ``fix`` is null, ``gnss_mode`` 1, and
+``last_known`` carries the last position and its age.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from agent.config import ReportingConfig
 from agent.events import ConfigApplied, Event, FixReceived
-from agent.messages import PositionReport, Priority, TimeSource
+from agent.messages import PositionReport, Priority
 from agent.policy import ReportingPolicy
 from agent.positioning import Positioning, position_of
 from agent.unit import Sender
@@ -45,17 +48,23 @@ class Reporting:
         self._override = (interval_s, now + duration_s)
 
     def report(self, reason: str, fix: Fix | None = None, *, alert_id: str | None = None) -> None:
-        """A position report now: of ``fix``, else of the last epoch."""
-        fix = fix or self._positioning.last_fix
-        moment = None
-        if fix is not None and fix.time_ms is not None:
-            moment = (datetime.fromtimestamp(fix.time_ms / 1000, tz=UTC), TimeSource.GNSS)
+        """A position report now: of ``fix`` (an epoch just completed), else of the live fix if there
+        is one; without a live fix, ``fix`` is null and the last known position goes with its age."""
         sender = self._sender
+        now = sender.clock.monotonic()
+        where = self._positioning
+        if fix is None:
+            live = where.live(now)
+            mode = 1 if live is None else live.mode
+        else:
+            live = fix if fix.has_position else None
+            mode = fix.mode if live is not None else 1
         report = PositionReport(
-            **sender.envelope(moment), reason=reason, fix=None if fix is None else position_of(fix),
-            gnss_mode=1 if fix is None else fix.mode, alert_id=alert_id,
+            **sender.envelope(sender.clock.moment_of(live)), reason=reason,
+            fix=None if live is None else position_of(live), gnss_mode=mode,
+            last_known=None if live is not None else where.last_known(now), alert_id=alert_id,
         )
-        self.policy.reported(fix, sender.clock.monotonic())
+        self.policy.reported(live, now)
         sender.send(report, Priority.POSITION)
 
     # --- the component -----------------------------------------------------------------
