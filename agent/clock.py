@@ -33,12 +33,12 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from agent.messages import TimeSource
-from drivers.gnss.fix import Fix
+from drivers.gnss.fix import TIME_FLOOR, Fix
 
 _TIME_ERROR = 5  # adjtimex(2): clock not synchronised
 GNSS_TRUST_S = 6 * 3600  # carry a receiver time forward this long on the monotonic clock
 MAX_DISAGREE_S = 5.0  # how far a receiver may be from a synchronised system clock
-FLOOR = date(2026, 11, 1)  # this build: no true time is earlier
+FLOOR = TIME_FLOOR  # this build: no true time is earlier (the decoder's floor too)
 CEILING_YEARS = 30
 TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
 _SYNCED_EVERY_S = 60.0
@@ -112,7 +112,7 @@ class Clock:
 
     def offer(self, fix: Fix, at: float) -> bool:
         """A receiver epoch completed at monotonic ``at``: take its time if it can be trusted."""
-        if fix.time_ms is None or not fix.has_position or getattr(fix, "simulated", False):
+        if fix.time_ms is None or not fix.time_trusted or fix.simulated:
             return False  # no fix, no trust: pre-fix receivers send made-up dates
         moment = fix.time_ms / 1000
         if not self._floor <= moment <= self._ceiling:  # also false for NaN

@@ -118,7 +118,9 @@ def port_holders(port: str, *, exclude: set[int] | None = None) -> tuple[list[tu
 
 def _report_from_daemon(report: Report, status: dict[str, Any]) -> None:
     gnss = status.get("gnss", {})
-    result = PASS if gnss.get("state") in ("fix", "no_fix") else FAIL
+    state = gnss.get("state")
+    # talking NMEA: fix, no fix, or still waiting for the receiver's first time (a cold start)
+    result = PASS if state in ("fix", "no_fix", "opening") else WARN if state == "waiting_for_time" else FAIL
     report.add("GNSS device", result, f"in use by the running agent: {gnss.get('state')}, "
                f"{gnss.get('sentences')} sentences")
     report.add("GNSS fix", PASS if gnss.get("state") == "fix" else WARN,

@@ -69,7 +69,7 @@ class Positioning:
 
     def _epoch(self, fix: Fix, at: float) -> None:
         self.last_fix, self.last_fix_at = fix, at
-        if getattr(fix, "simulated", False):
+        if fix.simulated:
             self._faults.raise_("gnss_simulated", "the receiver is in simulator mode: its positions are not used")
         elif "gnss_simulated" in self._faults:
             self._faults.clear("gnss_simulated")
