@@ -60,6 +60,7 @@ class Forwarder:
         self._tokens_at = clock.monotonic()
         self.published = 0
         self.refused = 0
+        self._urgent = False  # an alert waits for a link that is down: the uplink retries at once, then often
 
     def handle(self, event: Event, now: float) -> None:
         match event:
@@ -86,6 +87,10 @@ class Forwarder:
 
     def tick(self, now: float) -> None:
         self._outbox.tick()
+        urgent = not self.link.up and self._outbox.alerts_waiting > 0
+        if urgent != self._urgent:
+            self._urgent = urgent
+            self._uplink.hurry(urgent)
         self.pump()
 
     def _released(self) -> None:

@@ -558,6 +558,11 @@ class Outbox:
         return self.disk_rows - len(self._deletes) + len(self._ram) + len(self._alert_rows)
 
     @property
+    def alerts_waiting(self) -> int:
+        """Alerts accepted and not yet acknowledged by the broker."""
+        return len(self._alert_rows)
+
+    @property
     def in_flight(self) -> int:
         return len(self._leased)
 
