@@ -90,9 +90,9 @@ class RemoteCommands:
             self._reporting.faster(args.interval_s, args.duration_s, now)
             return True, f"a position every {args.interval_s:g} s for {args.duration_s:g} s"
         if isinstance(args, commands.AlertArgs):
-            action = "acknowledge" if verb == "ack_alert" else "clear"
+            action, done = ("acknowledge", "acknowledged") if verb == "ack_alert" else ("clear", "cleared")
             problem = self._alerts.dispatch_action(args.alert_id, action, args.operator)
-            return (False, problem) if problem else (True, f"alert {action}d")
+            return (False, problem) if problem else (True, f"alert {done}")
         if verb == "reload_config":
             self._post(Reload())
             return True, "reloading"

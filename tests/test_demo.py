@@ -38,7 +38,7 @@ def test_make_demo_shows_raise_acknowledgement_and_clear_and_stops_cleanly_on_ct
         os.execvpe("make", ["make", "-o", ".venv/.installed", "demo"], env)  # noqa: S606 - as a user types it
     seen = bytearray()
     try:
-        cleared = read_until(fd, r"ALERT CLEARED .*\n(.*\n)*.*the vehicle answered: PV-DEMO-1 ok", seen, 60)
+        cleared = read_until(fd, r"ALERT CLEARED[\s\S]*the vehicle answered: PV-DEMO-1 ok", seen, 60)
         read_until(fd, r"position", seen, 3)  # the demo goes on after the clear
         os.write(fd, b"\x03")  # Ctrl-C at the terminal: SIGINT to make, the script and every child
         read_until(fd, r"demo: stopped", seen, 15)
