@@ -81,3 +81,35 @@ def test_an_alert_raised_during_a_long_backoff_reaches_dispatch_within_seconds_o
     first_backlog = next(i for i, x in enumerate(after) if x.topic.endswith("/position") and x.json()["historical"])
     alert_at = next(i for i, x in enumerate(after) if x.topic.endswith("/alert"))
     assert alert_at < first_backlog, "the alert before the backlog"
+
+
+def test_another_client_taking_the_vehicles_session_is_a_fault(
+        tmp_path: Path, broker: Mosquitto, gnss_pty: PtyGnss) -> None:
+    """A broker that does not bind client ids to identities (not the reference one): another client
+    connecting with the vehicle's id closes its session; MQTT 5 says so, and it is a fault."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from tests.support.agent_proc import AgentProcess
+
+    agent = AgentProcess(tmp_path, agent_config(tmp_path, broker.port, gnss_pty.path))
+    agent.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not agent.ask("status")[-1]["status"]["link"]["connected"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        intruder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="PV-TEST-1", protocol=mqtt.MQTTv5)
+        intruder.connect("127.0.0.1", broker.port)
+        intruder.loop_start()
+        deadline = time.monotonic() + 10
+        faults: dict[str, str] = {}
+        while "session_taken_over" not in faults and time.monotonic() < deadline:
+            time.sleep(0.2)
+            faults = agent.ask("status")[-1]["status"]["faults_detail"]
+        intruder.loop_stop()
+        intruder.disconnect()
+        assert "session_taken_over" in faults, faults
+        assert "another client" in faults["session_taken_over"]
+    finally:
+        agent.kill9()
