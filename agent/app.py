@@ -118,7 +118,8 @@ class Agent:
                              subscriptions=[self.topics.command, self.topics.alert_ack], will=will,
                              post=self.inbox.put)
         forwarder = self.forwarder = Forwarder(cfg.mqtt, self.outbox, self.uplink, clock,
-                              online_status=lambda: (self.topics.status, status_message(sender, cfg, "online")))
+                              online_status=lambda: (self.topics.status, status_message(sender, cfg, "online")),
+                              faults=faults)
         positioning = self.positioning = Positioning(cfg.gnss, clock, faults)
         reporting = Reporting(cfg.reporting, sender, positioning)
         assert self.feedback is not None

@@ -19,6 +19,7 @@ from agent.config import MqttConfig
 from agent.events import Acked, Event, LinkDown, LinkUp
 from agent.messages import Priority
 from agent.outbox import Outbox, Row
+from agent.unit import Faults
 from agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,12 @@ class LinkState:
 
 class Forwarder:
     def __init__(self, cfg: MqttConfig, outbox: Outbox, uplink: Uplink, clock: Clock, *,
-                 online_status: Callable[[], tuple[str, bytes]]) -> None:
+                 online_status: Callable[[], tuple[str, bytes]], faults: Faults) -> None:
         self._cfg = cfg
         self._outbox = outbox
         self._uplink = uplink
         self._clock = clock
+        self._faults = faults
         self.link = LinkState()
         self._online_status = online_status  # the retained "online" status, built afresh at each link-up
         self._handed: set[int] = set()  # row ids handed to the uplink on this connection
@@ -103,9 +105,11 @@ class Forwarder:
             if row_id not in self._handed:
                 continue  # a PUBACK of a connection that has since dropped: its rows were released
             self._handed.discard(row_id)
-            if refused is not None:
+            if refused is not None:  # MQTT 5: the broker took it and will not deliver it (an ACL...)
                 self.refused += 1
                 log.error("the broker refused message %d: %s", row_id, refused)
+                self._faults.raise_("publish_refused", f"the broker refused a message ({refused}): check its ACL "
+                                                       "for this vehicle's topics")
             done.append(row_id)
         self._outbox.ack(done)
         self.pump()
