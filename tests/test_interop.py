@@ -1,0 +1,213 @@
+"""The agent against the other brokers a dispatch centre may run: NATS (JetStream, MQTT) and RabbitMQ
+(MQTT plugin), each started by the test on free ports of 127.0.0.1, with the agent's default MQTT settings
+(``protocol: auto``, plain TCP in lab mode). Everything asserted is what the broker delivered to a
+dispatch-side subscriber, or what the daemon itself reports.
+
+Each broker is started once for the module (RabbitMQ takes ~8 s); each test uses a vehicle id of its
+own, so that sessions and retained messages of one test never meet another's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.support.agent_proc import ROOT, AgentProcess, GnssFeeder, agent_config, positions
+from tests.support.faults import accept_test_alarm, alert_ids, seq_reuses
+from tests.support.mqtt import Collector, Received
+from tests.support.other_brokers import NatsServer, RabbitMq, available
+from tests.support.pty_gnss import PtyGnss
+
+KINDS = ("nats", "rabbitmq")
+_vehicles = itertools.count(1)
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def other_broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    kind = request.param
+    why = available()[kind]
+    if why is not None:
+        pytest.skip(why)
+    server = (NatsServer if kind == "nats" else RabbitMq)(tmp_path_factory.mktemp(kind))
+    server.start()
+    print(f"\n{kind} started in {server.started_in:.1f} s")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def vehicle(other_broker: Any) -> str:
+    return f"PV-{other_broker.name.upper()}-{next(_vehicles)}"
+
+
+@pytest.fixture
+def dispatch(other_broker: Any, vehicle: str) -> Iterator[Collector]:
+    collector = Collector(other_broker.port, f"patrol/{vehicle}/#", client_id=f"dispatch-{vehicle}")
+    yield collector
+    collector.close()
+
+
+@pytest.fixture
+def gnss(tmp_path: Path) -> Iterator[PtyGnss]:
+    device = PtyGnss(tmp_path / "gnss")
+    yield device
+    device.close()
+
+
+def default_config(tmp_path: Path, port: int, gnss_path: Path, vehicle: str, **mqtt_settings: Any) -> dict[str, Any]:
+    """The test rig's config (pty receiver, mock GPIO, a position per fix) with the agent's DEFAULT MQTT
+    settings: only the broker and lab mode are given (plus what a test pins on purpose)."""
+    cfg = agent_config(tmp_path, port, gnss_path, vehicle__id=vehicle, panic__republish_s=60)
+    cfg["mqtt"] = {"brokers": [f"mqtt://127.0.0.1:{port}"], "lab_mode": True, **mqtt_settings}
+    return cfg
+
+
+def send(port: int, topic: str, payload: dict[str, Any]) -> None:
+    """Dispatch publishes one QoS 1 message (MQTT 3.1.1, a client id of its own)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dispatch-send-{uuid.uuid4().hex[:8]}",
+                         protocol=mqtt.MQTTv311)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.publish(topic, json.dumps(payload), qos=1).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def alerts(messages: list[Received]) -> list[dict[str, Any]]:
+    return [m.json() for m in messages if m.topic.endswith("/alert")]
+
+
+def link(agent: AgentProcess) -> dict[str, Any]:
+    state: dict[str, Any] = agent.ask("status")[-1]["status"]["link"]
+    return state
+
+
+def wait_link(agent: AgentProcess, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = link(agent)
+        if state["connected"]:
+            return state
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no link after {timeout:g} s: {state}")
+        time.sleep(0.1)
+
+
+def test_positions_alert_acknowledgement_and_the_version_in_use(
+        tmp_path: Path, other_broker: Any, vehicle: str, dispatch: Collector, gnss: PtyGnss) -> None:
+    agent = AgentProcess(tmp_path, default_config(tmp_path, other_broker.port, gnss.path, vehicle))
+    feeder = GnssFeeder(gnss, rate_hz=5).start()
+    agent.start()
+    try:
+        got = dispatch.wait_for(lambda m: len(positions(m)) >= 5, timeout=30)
+        state = wait_link(agent)
+        assert state["protocol"] == "3.1.1" and state["broker"] == f"mqtt://127.0.0.1:{other_broker.port}"
+        shown = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--runtime-dir", str(agent.runtime_dir)],
+                               cwd=ROOT, capture_output=True, text=True, timeout=30,
+                               env={**os.environ, "COLUMNS": "200"})
+        assert shown.returncode == 0, shown.stderr
+        assert "over MQTT 3.1.1" in shown.stdout, shown.stdout
+
+        # a real alarm (the simulated driver's button) and dispatch's acknowledgement on alert/ack
+        assert agent.ask("sim_press", name="driver")[-1]["ok"]
+        raised = alerts(dispatch.wait_for(lambda m: len(alerts(m)) >= 1, timeout=15))[0]
+        assert raised["state"] in ("raised", "delivered") and raised["test"] is False
+        send(other_broker.port, f"patrol/{vehicle}/alert/ack",
+             {"alert_id": raised["alert_id"], "action": "acknowledge", "operator": "desk-1"})
+        got = dispatch.wait_for(lambda m: any(a["state"] == "acknowledged" for a in alerts(m)), timeout=15)
+        assert agent.ask("alert")[-1]["emergency"]["state"] == "acknowledged"
+
+        # the clear, as a command on cmd: the vehicle answers on reply and publishes the alert cleared
+        now = datetime.now(UTC)
+        send(other_broker.port, f"patrol/{vehicle}/cmd",
+             {"command_id": "c-1", "vehicle_id": vehicle, "verb": "clear_alert", "issued_at": now.isoformat(),
+              "expires_at": (now + timedelta(minutes=5)).isoformat(),
+              "args": {"alert_id": raised["alert_id"], "operator": "desk-1"}})
+        got = dispatch.wait_for(lambda m: any(a["state"] == "cleared" for a in alerts(m))
+                                and any(x.topic.endswith("/reply") for x in m), timeout=15)
+        replies = [m.json() for m in got if m.topic.endswith("/reply")]
+        assert [r["ok"] for r in replies if r["command_id"] == "c-1"] == [True]
+        assert agent.ask("alert")[-1]["emergency"] is None
+        status = [m for m in got if m.topic.endswith("/status")]
+        assert status and status[-1].json()["state"] == "online"
+    finally:
+        feeder.stop()
+        agent.kill9()
+    assert {a["alert_id"] for a in alerts(got)} == {raised["alert_id"]}
+    assert seq_reuses(got) == 0
+
+
+def test_a_test_alarm_is_acknowledged_by_the_ack_alert_command(
+        tmp_path: Path, other_broker: Any, vehicle: str, dispatch: Collector, gnss: PtyGnss) -> None:
+    """`patrol-agent panic test` as the technician runs it; dispatch acknowledges with a command on cmd."""
+    agent = AgentProcess(tmp_path, default_config(tmp_path, other_broker.port, gnss.path, vehicle))
+    agent.start()
+    try:
+        wait_link(agent)
+        tool = subprocess.Popen([sys.executable, "-m", "agent.cli", "panic", "test", "--runtime-dir",
+                                 str(agent.runtime_dir), "--timeout", "30"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        raised = alerts(dispatch.wait_for(lambda m: len(alerts(m)) >= 1, timeout=15))[0]
+        now = datetime.now(UTC)
+        send(other_broker.port, f"patrol/{vehicle}/cmd",
+             {"command_id": "ack-1", "vehicle_id": vehicle, "verb": "ack_alert", "issued_at": now.isoformat(),
+              "expires_at": (now + timedelta(minutes=5)).isoformat(), "args": {"alert_id": raised["alert_id"]}})
+        got = dispatch.wait_for(lambda m: any(a["state"] == "acknowledged" for a in alerts(m)), timeout=15)
+        out, err = tool.communicate(timeout=30)
+    finally:
+        agent.kill9()
+    assert tool.returncode == 0, out + err
+    stages = [line.split()[2] for line in out.splitlines() if "test alarm" in line]
+    assert stages == ["accepted", "delivered", "acknowledged"], out
+    sent = alerts(got)
+    assert {a["alert_id"] for a in sent} == {raised["alert_id"]} and all(a["test"] for a in sent)
+
+
+def test_kill_9_rounds_lose_no_alert_and_the_daemon_reconnects_each_time(
+        tmp_path: Path, other_broker: Any, vehicle: str, dispatch: Collector, gnss: PtyGnss) -> None:
+    rng = random.Random(7)
+    agent = AgentProcess(tmp_path, default_config(tmp_path, other_broker.port, gnss.path, vehicle))
+    feeder = GnssFeeder(gnss, rate_hz=5).start()
+    accepted: list[str] = []
+    links: list[dict[str, Any]] = []
+    try:
+        for _ in range(5):
+            agent.start()
+            accept_test_alarm(agent, accepted)  # accepted: on disk before the reply
+            links.append(wait_link(agent))
+            deadline = time.monotonic() + rng.uniform(0.3, 1.5)
+            while time.monotonic() < deadline:
+                accept_test_alarm(agent, accepted)
+                time.sleep(rng.uniform(0.05, 0.3))
+            agent.kill9()
+        agent.start()
+        links.append(wait_link(agent))
+        got = dispatch.wait_for(lambda m: set(accepted) <= alert_ids(m), timeout=60)
+    finally:
+        feeder.stop()
+        agent.kill9()
+    with sqlite3.connect(tmp_path / "state" / "outbox.sqlite") as db:
+        assert db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    assert len(accepted) >= 5
+    assert set(accepted) <= alert_ids(got), f"lost: {set(accepted) - alert_ids(got)}"
+    assert [state["protocol"] for state in links] == ["3.1.1"] * 6
+    assert seq_reuses(got) == 0
+    assert len(positions(got)) >= 5
+
