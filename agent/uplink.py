@@ -18,8 +18,9 @@ taken for a row's.
 
 Connection policy (see :mod:`agent.link_policy`): brokers tried in turn with
 full-jitter exponential backoff, a short fixed retry interval while an alert
-waits; ``mqtt.protocol: auto`` falls back to MQTT 3.1.1 for a broker that
-refuses 5; a failed set-up (unreadable or mismatched key, missing file) is a
+waits; ``mqtt.protocol: auto`` falls back to MQTT 3.1.1 at once for a broker
+that refuses 5 in its CONNACK or closes the connection on the CONNECT without
+one (told apart from a CONNACK that never comes); a failed set-up (unreadable or mismatched key, missing file) is a
 failed attempt with a ``link_setup_failed`` fault, retried, and cleared once
 the files are right again; a session taken over by another client is a
 ``session_taken_over`` fault. No CONNACK within ``connect_timeout_s`` and no
@@ -122,6 +123,7 @@ class Uplink:
         self._acks: list[tuple[int, str | None]] = []
         self._refused: str | None = None  # why the broker refused or dropped this connection
         self._disconnect_rc: int | None = None
+        self._connacked = False  # this connection's CONNACK accepted it
         self._faults: set[str] = set()
         self.unexpected_acks = 0
 
@@ -204,6 +206,7 @@ class Uplink:
         self._generation += 1
         generation = self._generation
         self._refused = self._disconnect_rc = None
+        self._connacked = False
         try:
             client = self._make_client(broker, protocol, generation)
         except (OSError, ssl.SSLError, ValueError) as exc:
@@ -223,12 +226,15 @@ class Uplink:
         _no_delay(client)
         started, up_since = self._clock(), None
         reason = "stopped"
+        closed = False
         try:
             while True:
                 worker.beat()
                 rc = self._io(client)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    reason = self._refused or mqtt.error_string(rc)
+                    closed = not self._connacked and self._refused is None
+                    reason = (f"the broker closed the connection without answering CONNECT (MQTT {protocol})"
+                              if closed else self._refused or mqtt.error_string(rc))
                     break
                 if self._connected and up_since is None:
                     up_since = self._clock()
@@ -247,7 +253,8 @@ class Uplink:
             self._acks.clear()
             _close(client)
         lasted = 0.0 if up_since is None else self._clock() - up_since
-        self._lost(broker, generation, reason, reached=True, lasted=lasted, was_up=up_since is not None)
+        self._lost(broker, generation, reason, reached=True, lasted=lasted, was_up=up_since is not None,
+                   closed=closed)
         return lasted
 
     def _overdue(self, started: float) -> str:
@@ -261,14 +268,18 @@ class Uplink:
         return ""
 
     def _lost(self, broker: Broker, generation: int, reason: str, *, reached: bool, lasted: float = 0.0,
-              was_up: bool = False) -> None:
+              was_up: bool = False, closed: bool = False) -> None:
         verdict = self._policy.attempt_ended(broker, reached=reached, was_up=was_up, lasted=lasted,
-                                             refused=self._refused, taken_over=self._disconnect_rc == TAKEN_OVER)
+                                             refused=self._refused, taken_over=self._disconnect_rc == TAKEN_OVER,
+                                             closed=closed)
         for code, detail in verdict.faults:
             self._fault(code, detail)
         for code in verdict.cleared:
             self._clear(code)
-        log.warning("link to %s %s: %s", broker.display, "lost" if was_up else "failed", reason)
+        if verdict.fallback:  # not a failure: the broker does not speak this version
+            log.info("link to %s: %s; trying MQTT %s", broker.display, reason, verdict.fallback)
+        else:
+            log.warning("link to %s %s: %s", broker.display, "lost" if was_up else "failed", reason)
         self._post(LinkDown(generation, reason))
 
     def _io(self, client: mqtt.Client) -> MQTTErrorCode:
@@ -386,6 +397,7 @@ class Uplink:
         if rc.is_failure:
             self._refused = f"broker refused the connection: {rc}"
             return
+        self._connacked = True
         for topic in self._subscriptions:
             if protocol == "5":  # keep the retain flag as published: retained commands are refused
                 client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))

@@ -211,3 +211,48 @@ def test_kill_9_rounds_lose_no_alert_and_the_daemon_reconnects_each_time(
     assert seq_reuses(got) == 0
     assert len(positions(got)) >= 5
 
+
+def test_mqtt_5_pinned_against_a_broker_that_refuses_it_is_a_fault_that_names_the_cause(
+        tmp_path: Path, other_broker: Any, vehicle: str, gnss: PtyGnss) -> None:
+    agent = AgentProcess(tmp_path, default_config(tmp_path, other_broker.port, gnss.path, vehicle, protocol="5"))
+    agent.start()
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            status = agent.ask("status")[-1]["status"]
+            if "protocol_refused" in status["faults_detail"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        agent.kill9()
+    assert not status["link"]["connected"]
+    detail = status["faults_detail"].get("protocol_refused")
+    assert detail is not None, f"faults {status['faults_detail']}, last error {status['link']['last_error']}"
+    assert "MQTT 5" in detail and f"127.0.0.1:{other_broker.port}" in detail
+    assert "mqtt.protocol" in detail  # what to change
+    assert "protocol_refused" in status["faults"]
+
+
+def test_a_vehicle_id_that_nats_refuses_is_a_fault_naming_the_cause(
+        tmp_path: Path, other_broker: Any, gnss: PtyGnss) -> None:
+    """NATS 2.9 refuses ' ' and '.' in MQTT topics (vehicle ids may have '.'): it closes the connection on
+    a CONNECT whose last will is on such a topic, without a CONNACK. The vehicle must say so, not only
+    retry ("connection lost") forever."""
+    if other_broker.name != "nats":
+        pytest.skip("RabbitMQ takes topics with '.' (and rewrites '.' as '/' on the way to subscribers)")
+    vehicle = f"PV.DOT.{next(_vehicles)}"
+    agent = AgentProcess(tmp_path, default_config(tmp_path, other_broker.port, gnss.path, vehicle))
+    agent.start()
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            status = agent.ask("status")[-1]["status"]
+            if "broker_refused" in status["faults_detail"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        agent.kill9()
+    detail = status["faults_detail"].get("broker_refused", "")
+    assert "closes the connection on each CONNECT without answering, with MQTT 3.1.1" in detail, status
+    assert "(it refuses MQTT 5)" in detail and "NATS refuses '.' in topics" in detail
+    assert not status["link"]["connected"]
