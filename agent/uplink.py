@@ -124,6 +124,8 @@ class Uplink:
         self._refused: str | None = None  # why the broker refused or dropped this connection
         self._disconnect_rc: int | None = None
         self._connacked = False  # this connection's CONNACK accepted it
+        self._subscribing: dict[int, str] = {}  # SUBSCRIBE mid -> topic, until its SUBACK
+        self._sub_problems: list[str] = []  # this connection's refused or downgraded subscriptions
         self._faults: set[str] = set()
         self.unexpected_acks = 0
 
@@ -389,6 +391,7 @@ class Uplink:
         client.on_disconnect = lambda c, u, f, rc, p: self._on_disconnect(rc)
         client.on_publish = lambda c, u, mid, rc, p: self._on_publish(mid, rc)
         client.on_message = lambda c, u, msg: self._on_message(generation, msg)
+        client.on_subscribe = lambda c, u, mid, codes, p: self._on_subscribe(broker, mid, codes)
         return client
 
     # --- paho callbacks: run on this thread, inside loop_read ---------------------------
@@ -398,11 +401,15 @@ class Uplink:
             self._refused = f"broker refused the connection: {rc}"
             return
         self._connacked = True
+        self._subscribing.clear()
+        self._sub_problems = []
         for topic in self._subscriptions:
             if protocol == "5":  # keep the retain flag as published: retained commands are refused
-                client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
+                _, mid = client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
             else:
-                client.subscribe(topic, qos=1)
+                _, mid = client.subscribe(topic, qos=1)
+            if mid is not None:
+                self._subscribing[mid] = topic
         self._connected = True
         reconnects = self._policy.connected(broker, protocol)
         log.info("link up to %s (MQTT %s)", broker.display, protocol)
@@ -414,6 +421,25 @@ class Uplink:
         self._disconnect_rc = value if isinstance(value, int) else None
         if self._disconnect_rc == TAKEN_OVER:
             self._refused = "the broker handed this vehicle's session to another client"
+
+    def _on_subscribe(self, broker: Broker, mid: int, codes: list[Any]) -> None:
+        """A SUBACK: a refused subscription (NATS refuses '.' in topics; an ACL) means dispatch's commands
+        and acknowledgements never reach the vehicle; QoS 0 means those sent while it is offline are lost."""
+        topic = self._subscribing.pop(mid, None)
+        if topic is None:
+            return
+        for code in codes:
+            if getattr(code, "is_failure", False):
+                self._sub_problems.append(f"{topic} refused ({code}, SUBACK 0x{getattr(code, 'value', 0x80):02x})")
+            elif getattr(code, "value", 1) == 0:
+                self._sub_problems.append(f"{topic} granted at QoS 0 only: what is sent while offline is lost")
+        if self._subscribing:
+            return
+        if self._sub_problems:
+            self._fault("subscription_refused", f"{broker.display}: " + "; ".join(self._sub_problems)
+                        + ": dispatch's commands and acknowledgements may not reach this vehicle")
+        else:
+            self._clear("subscription_refused")
 
     def _on_publish(self, mid: int, rc: Any) -> None:
         sent = self._inflight.pop(mid, None)

@@ -32,8 +32,9 @@ RABBITMQ_SCRIPT = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 
 
 def mqtt_ready(port: int, *, timeout: float, host: str = "127.0.0.1") -> None:
-    """Until an MQTT 3.1.1 CONNECT (clean session) gets an accepting CONNACK: a listening port is not
-    enough (RabbitMQ and NATS accept TCP a moment before their MQTT side can take a session)."""
+    """Until an MQTT 3.1.1 CONNECT (clean session) gets a CONNACK, accepting or not (a broker with
+    authentication refuses the anonymous probe): a listening port is not enough (RabbitMQ and NATS accept
+    TCP a moment before their MQTT side can answer)."""
     client_id = b"patrol-ready-probe"
     body = struct.pack("!H", 4) + b"MQTT" + bytes([4, 0x02]) + struct.pack("!H", 10)
     body += struct.pack("!H", len(client_id)) + client_id
@@ -45,8 +46,9 @@ def mqtt_ready(port: int, *, timeout: float, host: str = "127.0.0.1") -> None:
             with socket.create_connection((host, port), timeout=1.0) as sock:
                 sock.sendall(packet)
                 reply = sock.recv(4)
-                if len(reply) == 4 and reply[0] == 0x20 and reply[3] == 0:
-                    sock.sendall(b"\xe0\x00")
+                if len(reply) == 4 and reply[0] == 0x20:
+                    if reply[3] == 0:
+                        sock.sendall(b"\xe0\x00")
                     return
                 last = f"CONNACK {reply!r}"
         except OSError as exc:
@@ -139,13 +141,14 @@ class NatsServer(_Process):
     name = "nats"
     start_timeout = 15.0
 
-    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, *, port: int | None = None, extra_conf: str = "") -> None:
         self.binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
         if not Path(self.binary).exists():
             raise FileNotFoundError("nats-server is not installed (apt-get install nats-server)")
         super().__init__(workdir, port=port)
         self.client_port = free_port()
         self.conf = workdir / "nats.conf"
+        self.extra_conf = extra_conf  # e.g. an authorization block
 
     def prepare(self) -> None:
         self.conf.write_text(
@@ -153,6 +156,7 @@ class NatsServer(_Process):
             f"server_name: patrol-test-{self.port}\n"  # MQTT needs JetStream, which needs a server name
             f'jetstream {{ store_dir: "{self.workdir / "jetstream"}" }}\n'
             f"mqtt {{ listen: 127.0.0.1:{self.port} }}\n"
+            + self.extra_conf
         )
 
     def command(self) -> list[str]:
