@@ -45,6 +45,7 @@ from agent.config import MqttConfig
 
 KICK_WITHIN_S = 5.0  # a connection closed this soon after CONNACK counts as a kick
 KICKS = 3
+SESSION_EXPIRY_S = 24 * 3600  # MQTT 5: the broker keeps the vehicle's session (alert acks) through outages
 UNANSWERED = 2  # CONNECTs closed without a CONNACK, running, before it is a fault (per version tried)
 
 

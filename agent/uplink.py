@@ -51,12 +51,11 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config import MqttConfig
 from agent.events import Acked, FaultCleared, FaultRaised, LinkDown, LinkUp, Post, Received
-from agent.link_policy import Broker, LinkPolicy, describe, tls_context
+from agent.link_policy import SESSION_EXPIRY_S, Broker, LinkPolicy, describe, tls_context
 from agent.supervisor import Worker
 
 log = logging.getLogger(__name__)
 
-SESSION_EXPIRY_S = 24 * 3600  # the broker keeps our subscriptions (alert acks) through outages
 MAX_INBOUND_BYTES = 64 * 1024  # announced in CONNECT (MQTT 5): the broker never sends us more
 SLICE_S = 0.25  # longest wait in one select: the heartbeat's rhythm
 LAST_WORDS_WAIT_S = 2.0

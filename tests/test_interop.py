@@ -27,6 +27,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent import doctor
 from tests.support.agent_proc import ROOT, AgentProcess, GnssFeeder, agent_config, positions
 from tests.support.faults import accept_test_alarm, alert_ids, seq_reuses
 from tests.support.mqtt import Collector, Received
@@ -112,11 +113,16 @@ def wait_link(agent: AgentProcess, timeout: float = 30.0) -> dict[str, Any]:
 
 def test_positions_alert_acknowledgement_and_the_version_in_use(
         tmp_path: Path, other_broker: Any, vehicle: str, dispatch: Collector, gnss: PtyGnss) -> None:
-    agent = AgentProcess(tmp_path, default_config(tmp_path, other_broker.port, gnss.path, vehicle))
+    cfg = default_config(tmp_path, other_broker.port, gnss.path, vehicle)
+    cfg["health"]["interval_s"] = 1
+    agent = AgentProcess(tmp_path, cfg)
     feeder = GnssFeeder(gnss, rate_hz=5).start()
     agent.start()
     try:
-        got = dispatch.wait_for(lambda m: len(positions(m)) >= 5, timeout=30)
+        got = dispatch.wait_for(lambda m: len(positions(m)) >= 5 and any(x.topic.endswith("/health") for x in m),
+                                timeout=30)
+        health = [m.json() for m in got if m.topic.endswith("/health")][-1]
+        assert health["link"]["protocol"] == "3.1.1" and health["link"]["connected"]
         state = wait_link(agent)
         assert state["protocol"] == "3.1.1" and state["broker"] == f"mqtt://127.0.0.1:{other_broker.port}"
         shown = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--runtime-dir", str(agent.runtime_dir)],
@@ -210,6 +216,88 @@ def test_kill_9_rounds_lose_no_alert_and_the_daemon_reconnects_each_time(
     assert [state["protocol"] for state in links] == ["3.1.1"] * 6
     assert seq_reuses(got) == 0
     assert len(positions(got)) >= 5
+
+
+
+def test_an_acknowledgement_sent_while_the_vehicle_is_offline_reaches_it_when_it_is_back(
+        tmp_path: Path, other_broker: Any, vehicle: str, dispatch: Collector, gnss: PtyGnss) -> None:
+    """MQTT 3.1.1 with clean session off: the broker keeps the vehicle's subscriptions and queues what
+    dispatch sends while the vehicle is away (killed, or in a tunnel), and delivers it on reconnection."""
+    agent = AgentProcess(tmp_path, default_config(tmp_path, other_broker.port, gnss.path, vehicle))
+    agent.start()
+    try:
+        wait_link(agent)
+        assert agent.ask("sim_press", name="driver")[-1]["ok"]
+        raised = alerts(dispatch.wait_for(lambda m: len(alerts(m)) >= 1, timeout=15))[0]
+        agent.kill9()
+        dispatch.wait_for(lambda m: any(x.topic.endswith("/status") and x.json()["state"] == "offline" for x in m),
+                          timeout=15)  # the last will: the broker saw the vehicle go
+        send(other_broker.port, f"patrol/{vehicle}/alert/ack",
+             {"alert_id": raised["alert_id"], "action": "acknowledge", "operator": "desk-2"})
+        agent.start()
+        got = dispatch.wait_for(lambda m: any(a["state"] == "acknowledged" for a in alerts(m)), timeout=20)
+        assert agent.ask("alert")[-1]["emergency"]["state"] == "acknowledged"
+        states = [m.json()["state"] for m in got if m.topic.endswith("/status")]
+        assert states[-2:] == ["offline", "online"], states
+        late = Collector(other_broker.port, f"patrol/{vehicle}/status", client_id=f"late-{vehicle}",
+                         persistent=False)  # a dispatch desk that starts now: the retained status
+        try:
+            retained = late.wait_for(lambda m: len(m) >= 1, timeout=10)
+        finally:
+            late.close()
+        assert retained[0].retain and retained[0].json()["state"] == "online"
+    finally:
+        agent.kill9()
+    acknowledged = [a for a in alerts(got) if a["state"] == "acknowledged"]
+    assert acknowledged[0]["alert_id"] == raised["alert_id"] and "desk-2" in acknowledged[0]["note"]
+
+
+
+def test_a_broker_restart_loses_no_alert_and_the_link_comes_back_on_3_1_1(
+        tmp_path: Path, other_broker: Any, vehicle: str, dispatch: Collector, gnss: PtyGnss) -> None:
+    agent = AgentProcess(tmp_path, default_config(tmp_path, other_broker.port, gnss.path, vehicle))
+    feeder = GnssFeeder(gnss, rate_hz=5).start()
+    agent.start()
+    accepted: list[str] = []
+    try:
+        before = wait_link(agent)
+        dispatch.wait_for(lambda m: len(positions(m)) >= 3, timeout=20)
+        other_broker.stop()  # SIGTERM: a clean restart, as after an upgrade
+        accept_test_alarm(agent, accepted)
+        other_broker.start()
+        dispatch.connected.wait(30)
+        got = dispatch.wait_for(lambda m: set(accepted) <= alert_ids(m), timeout=60)
+        after = wait_link(agent)
+    finally:
+        feeder.stop()
+        agent.kill9()
+    assert len(accepted) == 1 and set(accepted) <= alert_ids(got)
+    assert after["protocol"] == "3.1.1" and after["reconnects"] > before["reconnects"]
+
+
+
+def test_doctor_shows_the_version_in_use_with_and_without_the_daemon(
+        tmp_path: Path, other_broker: Any, vehicle: str, gnss: PtyGnss) -> None:
+    agent = AgentProcess(tmp_path, default_config(tmp_path, other_broker.port, gnss.path, vehicle))
+    name = f"broker 127.0.0.1:{other_broker.port} MQTT"
+
+    def mqtt_check() -> doctor.Check:
+        report = doctor.run(agent.config_path, serial_seconds=0.1)
+        return next(c for c in report.checks if c.name == name)
+
+    alone = mqtt_check()  # the daemon is not running: doctor connects itself
+    agent.start()
+    try:
+        before = wait_link(agent)
+        beside = mqtt_check()  # the daemon runs: doctor asks it
+        time.sleep(0.5)  # a connection taken over would show by now
+        after = wait_link(agent)
+    finally:
+        agent.kill9()
+    assert alone.result == "PASS" and "authenticated over MQTT 3.1.1" in alone.detail, alone
+    assert "it refuses MQTT 5" in alone.detail
+    assert beside.result == "PASS" and "connected over MQTT 3.1.1" in beside.detail, beside
+    assert after["reconnects"] == before["reconnects"] and after["connected_for_s"] > before["connected_for_s"]
 
 
 def test_mqtt_5_pinned_against_a_broker_that_refuses_it_is_a_fault_that_names_the_cause(
