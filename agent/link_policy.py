@@ -11,12 +11,16 @@ with the monotonic clock.
   delivered the wait is at most ``alert_retry_s`` (and the first attempt
   after it is raised is immediate): an officer's alarm must not sit out a
   back-off built up in a tunnel.
-- ``protocol: auto`` starts with MQTT 5. A broker that refuses the version
-  in its CONNACK (NATS 2.9: "unacceptable protocol version") or closes the
-  connection on the CONNECT without answering (RabbitMQ before 3.13) gets
-  3.1.1 at once, with no back-off: a refused version is not a failed link.
-  A CONNACK that never comes (a timeout) also switches the version, after
-  the usual wait. Once a version has worked it is kept for that broker.
+- ``protocol: auto`` starts with MQTT 5 (or the version the broker took
+  before: agent.uplink_client.VersionMemory). A broker that refuses the
+  version in its CONNACK (NATS 2.9: "unacceptable protocol version") gets
+  3.1.1 at once; one that closes the connection on the CONNECT without
+  answering (RabbitMQ before 3.13) gets 5 again at once, then 3.1.1 if it
+  does it again (a single close may be the link's doing, and a version
+  learnt wrongly would be kept for days). No back-off and no failure counted
+  for these: a refused version is not a failed link. A CONNACK that never
+  comes (a timeout) also switches the version, after the usual wait. Once
+  a version has worked it is kept for that broker.
   A broker that refuses the version that worked (an upgrade, a fail-over
   behind one name) is learnt again.
 - A pinned version that the broker refuses, or CONNECTs closed without an
@@ -122,6 +126,17 @@ class LinkPolicy:
         self._now = False  # the next attempt without waiting (the other version after a refusal)
         self.connections = 0
 
+    def remember(self, known: dict[str, str]) -> None:
+        """Versions that worked before (``auto``), by broker URL without credentials: tried first."""
+        if self._cfg.protocol == "auto":
+            for broker in self.brokers:
+                if known.get(broker.display) in ("5", "3.1.1"):
+                    self._protocol[broker.url] = known[broker.display]
+
+    def learned(self) -> dict[str, str]:
+        """The version that works, by broker URL without credentials (``auto``)."""
+        return {broker.display: self._protocol[broker.url] for broker in self.brokers if broker.url in self._protocol}
+
     # --- what next ------------------------------------------------------------------
 
     def next_attempt(self) -> tuple[Broker, str]:
@@ -207,10 +222,13 @@ class LinkPolicy:
         if said_no >= {"5", "3.1.1"}:
             said_no.clear()
             verdict.faults.append(("broker_refused", f"{broker.display} refuses both MQTT 5 and 3.1.1"))
+        if protocol == "5" and closed and unanswered == 1:
+            self._now = True  # hung up once: maybe the link, not the version; MQTT 5 again, at once
+            return True
         other = "3.1.1" if protocol == "5" else "5"
         self._try[url] = protocol if other in said_no else other
         if self._try[url] == "3.1.1" != protocol and (version_refused or closed):
-            verdict.fallback = "3.1.1"  # the broker answered (or hung up on) MQTT 5: no back-off
+            verdict.fallback = "3.1.1"  # the broker refused (or hung up twice on) MQTT 5: no back-off
             self._now = True
             return True
         left = {"5", "3.1.1"} - said_no

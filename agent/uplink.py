@@ -20,8 +20,9 @@ Connection policy (see :mod:`agent.link_policy`): brokers tried in turn with
 full-jitter exponential backoff, a short fixed retry interval while an alert
 waits; ``mqtt.protocol: auto`` falls back to MQTT 3.1.1 at once for a broker
 that refuses 5 in its CONNACK or closes the connection on the CONNECT without
-one (told apart from a CONNACK that never comes); a failed set-up (unreadable or mismatched key, missing file) is a
-failed attempt with a ``link_setup_failed`` fault, retried, and cleared once
+one (told apart from a CONNACK that never comes), and the version each broker
+took is remembered across restarts; a failed set-up (unreadable or mismatched
+key, missing file) is a failed attempt with a ``link_setup_failed`` fault, retried, and cleared once
 the files are right again; a session taken over by another client is a
 ``session_taken_over`` fault. No CONNACK within ``connect_timeout_s`` and no
 PUBACK within ``ack_timeout_s`` (half-open link) force a reconnect;
@@ -35,29 +36,25 @@ import logging
 import os
 import random
 import select
-import socket
 import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
+from paho.mqtt.enums import MQTTErrorCode
 
+from agent import uplink_client as wire
 from agent.config import MqttConfig
 from agent.events import Acked, FaultCleared, FaultRaised, LinkDown, LinkUp, Post, Received
-from agent.link_policy import SESSION_EXPIRY_S, Broker, LinkPolicy, describe, tls_context
+from agent.link_policy import Broker, LinkPolicy, describe
 from agent.supervisor import Worker
 
 log = logging.getLogger(__name__)
 
-MAX_INBOUND_BYTES = 64 * 1024  # announced in CONNECT (MQTT 5): the broker never sends us more
-SLICE_S = 0.25  # longest wait in one select: the heartbeat's rhythm
 LAST_WORDS_WAIT_S = 2.0
 TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason: session taken over
 
@@ -101,7 +98,9 @@ class Uplink:
         post: Post,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        versions: Path | None = None,
     ) -> None:
+        """``versions``: where the MQTT version each broker took is remembered (agent.uplink_client)."""
         self._cfg = cfg
         self._client_id = client_id
         self._subscriptions = subscriptions
@@ -109,6 +108,8 @@ class Uplink:
         self._post = post
         self._clock = clock
         self._policy = LinkPolicy(cfg, rng or random.Random(), clock)
+        self._versions = wire.VersionMemory(versions)
+        self._policy.remember(self._versions.load())
         self._inbox: deque[_Work] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -182,7 +183,7 @@ class Uplink:
             if left <= 0:
                 return
             worker.beat()
-            self._sleep(min(left, SLICE_S))
+            self._sleep(min(left, wire.SLICE_S))
             for work in self._take_inbox():
                 if isinstance(work, _Stop):
                     self._stopping = True
@@ -209,7 +210,8 @@ class Uplink:
         self._refused = self._disconnect_rc = None
         self._connacked = False
         try:
-            client = self._make_client(broker, protocol, generation)
+            client = wire.make_client(self._cfg, broker, protocol, client_id=self._client_id, will=self._will,
+                                      callbacks=self._callbacks(broker, protocol, generation))
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._fault("link_setup_failed", f"cannot set up the connection to {broker.display}: {describe(exc)}")
             self._policy.attempt_ended(broker, reached=False, was_up=False, lasted=0.0, refused=None,
@@ -220,18 +222,18 @@ class Uplink:
         self._clear("link_setup_failed")
         try:
             client.connect(broker.host, broker.port, keepalive=self._cfg.keepalive_s,
-                           **self._connect_args(protocol))
+                           **wire.connect_args(protocol))
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._lost(broker, generation, describe(exc), reached=False)
             return 0.0
-        _no_delay(client)
+        wire.no_delay(client)
         started, up_since = self._clock(), None
         reason = "stopped"
         closed = False
         try:
             while True:
                 worker.beat()
-                rc = self._io(client)
+                rc = wire.step(client, self._wake_r)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     closed = not self._connacked and self._refused is None
                     reason = (f"the broker closed the connection without answering CONNECT (MQTT {protocol})"
@@ -252,7 +254,7 @@ class Uplink:
             self._inflight.clear()
             self._queue.clear()
             self._acks.clear()
-            _close(client)
+            wire.close(client)
         lasted = 0.0 if up_since is None else self._clock() - up_since
         self._lost(broker, generation, reason, reached=True, lasted=lasted, was_up=up_since is not None,
                    closed=closed)
@@ -282,27 +284,6 @@ class Uplink:
         else:
             log.warning("link to %s %s: %s", broker.display, "lost" if was_up else "failed", reason)
         self._post(LinkDown(generation, reason))
-
-    def _io(self, client: mqtt.Client) -> MQTTErrorCode:
-        """One select over the broker's socket and the wake-up pipe, then paho's read/write/misc."""
-        sock: Any = client.socket()
-        if sock is None:
-            return MQTTErrorCode.MQTT_ERR_NO_CONN
-        pending = sock.pending() if hasattr(sock, "pending") else 0  # TLS bytes already decrypted
-        writers = [sock] if client.want_write() else []
-        try:
-            readable, _, _ = select.select([sock, self._wake_r], writers, [], 0.0 if pending else SLICE_S)
-        except (OSError, ValueError):
-            return MQTTErrorCode.MQTT_ERR_CONN_LOST
-        if pending or sock in readable:
-            rc = client.loop_read()
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return rc
-        if client.want_write():
-            rc = client.loop_write()
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return rc
-        return client.loop_misc()
 
     def _serve_inbox(self, client: mqtt.Client, generation: int) -> bool:
         """Take handed-over work; True when asked to stop."""
@@ -351,66 +332,33 @@ class Uplink:
         deadline = self._clock() + LAST_WORDS_WAIT_S
         while self._connected and any(t is None for t, _ in self._inflight.values()) and self._clock() < deadline:
             worker.beat()
-            if self._io(client) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if wire.step(client, self._wake_r) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
         with contextlib.suppress(Exception):
             client.disconnect()
             client.loop_write()
         self._connected = False
-        _close(client)
-
-    # --- building the client ----------------------------------------------------------
-
-    def _connect_args(self, protocol: str) -> dict[str, Any]:
-        if protocol != "5":
-            return {}
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        props.MaximumPacketSize = MAX_INBOUND_BYTES
-        return {"clean_start": False, "properties": props}
-
-    def _make_client(self, broker: Broker, protocol: str, generation: int) -> mqtt.Client:
-        v5 = protocol == "5"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self._client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else False,
-        )
-        client.max_inflight_messages_set(self._cfg.inflight_window + 20)  # alerts may pass a full window
-        client.max_queued_messages_set(0)
-        client.connect_timeout = self._cfg.connect_timeout_s
-        if broker.tls:
-            client.tls_set_context(tls_context(self._cfg))
-        if self._cfg.username is not None:
-            password = self._cfg.password.get_secret_value() if self._cfg.password else None
-            client.username_pw_set(self._cfg.username, password)
-        client.will_set(self._will[0], self._will[1], qos=1, retain=True)
-        client.on_connect = lambda c, u, f, rc, p: self._on_connect(c, broker, protocol, generation, rc)
-        client.on_disconnect = lambda c, u, f, rc, p: self._on_disconnect(rc)
-        client.on_publish = lambda c, u, mid, rc, p: self._on_publish(mid, rc)
-        client.on_message = lambda c, u, msg: self._on_message(generation, msg)
-        client.on_subscribe = lambda c, u, mid, codes, p: self._on_subscribe(broker, mid, codes)
-        return client
+        wire.close(client)
 
     # --- paho callbacks: run on this thread, inside loop_read ---------------------------
+
+    def _callbacks(self, broker: Broker, protocol: str, generation: int) -> dict[str, Callable[..., None]]:
+        return {"on_connect": lambda c, u, f, rc, p: self._on_connect(c, broker, protocol, generation, rc),
+                "on_disconnect": lambda c, u, f, rc, p: self._on_disconnect(rc),
+                "on_publish": lambda c, u, mid, rc, p: self._on_publish(mid, rc),
+                "on_message": lambda c, u, msg: self._on_message(generation, msg),
+                "on_subscribe": lambda c, u, mid, codes, p: self._on_subscribe(broker, mid, codes)}
 
     def _on_connect(self, client: mqtt.Client, broker: Broker, protocol: str, generation: int, rc: Any) -> None:
         if rc.is_failure:
             self._refused = f"broker refused the connection: {rc}"
             return
         self._connacked = True
-        self._subscribing.clear()
+        self._subscribing = wire.subscribe(client, self._subscriptions, protocol)
         self._sub_problems = []
-        for topic in self._subscriptions:
-            if protocol == "5":  # keep the retain flag as published: retained commands are refused
-                _, mid = client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
-            else:
-                _, mid = client.subscribe(topic, qos=1)
-            if mid is not None:
-                self._subscribing[mid] = topic
         self._connected = True
         reconnects = self._policy.connected(broker, protocol)
+        self._versions.update(self._policy.learned())
         log.info("link up to %s (MQTT %s)", broker.display, protocol)
         self._post(LinkUp(generation, broker.display, protocol, reconnects))
 
@@ -427,11 +375,7 @@ class Uplink:
         topic = self._subscribing.pop(mid, None)
         if topic is None:
             return
-        for code in codes:
-            if getattr(code, "is_failure", False):
-                self._sub_problems.append(f"{topic} refused ({code}, SUBACK 0x{getattr(code, 'value', 0x80):02x})")
-            elif getattr(code, "value", 1) == 0:
-                self._sub_problems.append(f"{topic} granted at QoS 0 only: what is sent while offline is lost")
+        self._sub_problems += wire.suback_problems(topic, codes)
         if self._subscribing:
             return
         if self._sub_problems:
@@ -465,18 +409,3 @@ class Uplink:
             self._faults.discard(code)
             self._post(FaultCleared(code))
 
-
-def _no_delay(client: mqtt.Client) -> None:
-    """Small packets (an alert, a PUBACK) go out at once, not after Nagle's wait for an ACK
-    (paho leaves Nagle on: 40 ms behind a delayed ACK, measured here)."""
-    sock: Any = client.socket()
-    if sock is not None:
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _close(client: mqtt.Client) -> None:
-    sock = client.socket()
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()

@@ -27,7 +27,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent import doctor
+from agent.checks import Check, Report
+from agent.config import load
+from agent.doctor_link import check_link
 from tests.support.agent_proc import ROOT, AgentProcess, GnssFeeder, agent_config, positions
 from tests.support.faults import accept_test_alarm, alert_ids, seq_reuses
 from tests.support.mqtt import Collector, Received
@@ -214,6 +216,8 @@ def test_kill_9_rounds_lose_no_alert_and_the_daemon_reconnects_each_time(
     assert len(accepted) >= 5
     assert set(accepted) <= alert_ids(got), f"lost: {set(accepted) - alert_ids(got)}"
     assert [state["protocol"] for state in links] == ["3.1.1"] * 6
+    fallbacks = [line for line in agent.log.read_text().splitlines() if "trying MQTT 3.1.1" in line]
+    assert len(fallbacks) == 1, f"the version the broker took is remembered across restarts: {fallbacks}"
     assert seq_reuses(got) == 0
     assert len(positions(got)) >= 5
 
@@ -281,8 +285,9 @@ def test_doctor_shows_the_version_in_use_with_and_without_the_daemon(
     agent = AgentProcess(tmp_path, default_config(tmp_path, other_broker.port, gnss.path, vehicle))
     name = f"broker 127.0.0.1:{other_broker.port} MQTT"
 
-    def mqtt_check() -> doctor.Check:
-        report = doctor.run(agent.config_path, serial_seconds=0.1)
+    def mqtt_check() -> Check:
+        report = Report()
+        check_link(report, load(agent.config_path))  # doctor's broker step
         return next(c for c in report.checks if c.name == name)
 
     alone = mqtt_check()  # the daemon is not running: doctor connects itself

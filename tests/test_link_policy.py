@@ -5,11 +5,17 @@ played to the policy, with a random source that always draws the longest wait.""
 
 from __future__ import annotations
 
+import json
 import random
+import time
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from agent.config import MqttConfig
 from agent.link_policy import LinkPolicy, Verdict
+from agent.uplink_client import MEMORY_DAYS, VersionMemory
 
 URL = "mqtt://127.0.0.1:1883"
 NATS_REFUSAL = "broker refused the connection: Unsupported protocol version"
@@ -50,11 +56,20 @@ def test_auto_falls_back_to_3_1_1_at_once_when_the_connack_refuses_mqtt_5() -> N
     assert version == "3.1.1" and link.next_attempt()[1] == "3.1.1", "the version that worked is kept"
 
 
-def test_auto_falls_back_at_once_when_the_broker_hangs_up_on_mqtt_5() -> None:
+def test_auto_falls_back_at_once_when_the_broker_hangs_up_on_mqtt_5_twice_running() -> None:
     link = policy()
     version, verdict, wait = attempt(link, closed=True)  # RabbitMQ 3.10: no CONNACK, the socket closed
+    assert (version, verdict.fallback, wait) == ("5", None, 0.0), "once may be the link: 5 again, at once"
+    version, verdict, wait = attempt(link, closed=True)
     assert (version, verdict.fallback, wait) == ("5", "3.1.1", 0.0)
     assert link.next_attempt()[1] == "3.1.1"
+
+
+def test_a_single_hang_up_on_mqtt_5_does_not_make_a_broker_3_1_1() -> None:
+    link = policy()
+    attempt(link, closed=True)  # a cellular drop just as the CONNECT went out
+    assert attempt(link, up_for=600)[0] == "5"
+    assert link.learned() == {URL: "5"}
 
 
 def test_auto_after_a_connack_timeout_tries_the_other_version_after_the_usual_wait() -> None:
@@ -66,6 +81,7 @@ def test_auto_after_a_connack_timeout_tries_the_other_version_after_the_usual_wa
 
 def test_a_learnt_version_is_kept_through_ordinary_failures_and_learnt_again_when_refused() -> None:
     link = policy()
+    attempt(link, closed=True)
     attempt(link, closed=True)
     attempt(link, up_for=600)
     for _ in range(3):
@@ -100,11 +116,11 @@ def test_pinned_5_closed_without_an_answer_twice_running_is_a_protocol_refused_f
 def test_auto_with_both_versions_closed_unanswered_is_a_broker_refused_fault() -> None:
     link = policy()
     seen = []
-    for _ in range(4):
+    for _ in range(5):
         version, verdict, _ = attempt(link, closed=True)
         seen.append((version, codes(verdict)))
-    assert seen == [("5", []), ("3.1.1", []), ("5", []), ("3.1.1", ["broker_refused"])]
-    assert "with MQTT 5 and 3.1.1 alike, 4 times running" in verdict.faults[0][1]
+    assert seen == [("5", []), ("5", []), ("3.1.1", []), ("5", []), ("3.1.1", ["broker_refused"])]
+    assert "with MQTT 5 and 3.1.1 alike, 5 times running" in verdict.faults[0][1]
 
 
 def test_auto_after_mqtt_5_was_refused_3_1_1_closed_twice_is_a_fault_and_5_is_not_tried_again() -> None:
@@ -126,3 +142,61 @@ def test_a_refused_connect_for_another_reason_keeps_the_version_and_names_the_re
     version, verdict, _ = attempt(link, refused="broker refused the connection: Not authorized")
     assert version == "5" and codes(verdict) == ["broker_refused"] and "Not authorized" in verdict.faults[0][1]
     assert link.next_attempt()[1] == "5"
+
+
+# --- the versions remembered across restarts (agent/uplink_client.VersionMemory) ----------------------
+
+
+def test_a_remembered_version_is_tried_first_under_auto_and_ignored_when_pinned() -> None:
+    link = policy()
+    link.remember({URL: "3.1.1"})
+    assert link.next_attempt()[1] == "3.1.1"
+    pinned = policy(protocol="5")
+    pinned.remember({URL: "3.1.1"})
+    assert pinned.next_attempt()[1] == "5"
+
+
+def test_a_remembered_version_that_is_refused_is_learnt_again() -> None:
+    link = policy()
+    link.remember({URL: "3.1.1"})  # the broker has since been replaced by one that speaks only MQTT 5
+    attempt(link, refused="broker refused the connection: Unsupported protocol version")
+    assert link.next_attempt()[1] == "5" and link.learned() == {}
+
+
+def test_what_one_run_learnt_the_next_run_tries_first(tmp_path: Path) -> None:
+    first = policy()
+    attempt(first, refused=NATS_REFUSAL)
+    attempt(first, up_for=1)
+    VersionMemory(tmp_path / "versions.json").update(first.learned())
+    second = policy()  # the unit restarted
+    second.remember(VersionMemory(tmp_path / "versions.json").load())
+    assert second.next_attempt()[1] == "3.1.1"
+
+
+def test_the_memory_survives_a_restart_and_forgets_after_a_week(tmp_path: Path) -> None:
+    path = tmp_path / "versions.json"
+    now = time.time()
+    VersionMemory(path, wall=lambda: now).update({URL: "3.1.1"})
+    assert VersionMemory(path, wall=lambda: now + 3600).load() == {URL: "3.1.1"}
+    assert VersionMemory(path, wall=lambda: now + MEMORY_DAYS * 86400 + 1).load() == {}, "upgraded since?"
+
+
+def test_a_confirmed_version_keeps_its_date_and_the_file_is_not_rewritten(tmp_path: Path) -> None:
+    path = tmp_path / "versions.json"
+    now = time.time()
+    memory = VersionMemory(path, wall=lambda: now)
+    memory.update({URL: "3.1.1"})
+    later = VersionMemory(path, wall=lambda: now + 86400)
+    later.load()
+    later.update({URL: "3.1.1"})  # confirmed at the next connection: nothing to write
+    assert json.loads(path.read_text())[URL]["since"] == now
+
+
+def test_an_unreadable_or_unwritable_memory_costs_a_fallback_and_nothing_else(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    garbage = tmp_path / "versions.json"
+    garbage.write_bytes(b"\x00not json")
+    assert VersionMemory(garbage).load() == {}
+    missing_dir = VersionMemory(tmp_path / "no-such-dir" / "versions.json")
+    missing_dir.update({URL: "3.1.1"})  # no exception
+    assert "cannot write" in caplog.text and "cannot read" in caplog.text
