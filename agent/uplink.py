@@ -280,7 +280,8 @@ class Uplink:
         for code in verdict.cleared:
             self._clear(code)
         if verdict.fallback:  # not a failure: the broker does not speak this version
-            log.info("link to %s: %s; trying MQTT %s", broker.display, reason, verdict.fallback)
+            reason = f"{reason}; trying MQTT {verdict.fallback}"
+            log.info("link to %s: %s", broker.display, reason)
         else:
             log.warning("link to %s %s: %s", broker.display, "lost" if was_up else "failed", reason)
         self._post(LinkDown(generation, reason))

@@ -127,6 +127,7 @@ def test_positions_alert_acknowledgement_and_the_version_in_use(
         assert health["link"]["protocol"] == "3.1.1" and health["link"]["connected"]
         state = wait_link(agent)
         assert state["protocol"] == "3.1.1" and state["broker"] == f"mqtt://127.0.0.1:{other_broker.port}"
+        assert "trying MQTT 3.1.1" in state["last_error"], "the version probe is not shown as a plain error"
         shown = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--runtime-dir", str(agent.runtime_dir)],
                                cwd=ROOT, capture_output=True, text=True, timeout=30,
                                env={**os.environ, "COLUMNS": "200"})
