@@ -144,9 +144,9 @@ def check_broker(report: Report, cfg: AgentConfig, url: str, timeout: float = 5.
                 sock.close()
             sock = None
         if verdict == "ok":
-            also = f" (it refuses MQTT 5: {refusals[0]}; the agent uses 3.1.1 with it)" if refusals else ""
-            report.add(f"{name} MQTT", PASS, f"authenticated over MQTT {version} (CONNACK accepted; the vehicle's "
-                       f"session kept){also}")
+            why = f", as the agent will (it refuses MQTT 5: {refusals[0]})" if refusals else " (CONNACK accepted)"
+            report.add(f"{name} MQTT", PASS, f"authenticated over MQTT {version}{why}; the vehicle's session "
+                       "left as it was")
             return
         if verdict != "version":
             report.add(f"{name} MQTT", FAIL, detail, hint)
@@ -180,7 +180,7 @@ def _mqtt(sock: Any, cfg: AgentConfig, broker: Broker, version: str, timeout: fl
         return "refused", f"no answer to CONNECT: {exc}", "broker overloaded, or not MQTT"
     if reply is None or reply[0] != 0x20 or len(reply[1]) < 2:
         if version == "5":
-            return "version", "it closed the connection on the MQTT 5 CONNECT without answering", ""
+            return "version", "closed the connection on the MQTT 5 CONNECT without answering", ""
         return ("refused", "the broker closed the connection on CONNECT",
                 "certificate or client id refused: see the broker's log")
     code = reply[1][1]
