@@ -185,7 +185,8 @@ class LinkPolicy:
             self._unanswered.pop(broker.url, None)
             self._up_ended(verdict, lasted, taken_over)
             return verdict
-        version_refused = refused is not None and ("protocol" in refused.lower() or "version" in refused.lower())
+        version_refused = refused is not None and any(  # CONNACK 0x84 (MQTT 5) or 1 (3.1.1), as paho names them
+            words in refused.lower() for words in ("unsupported protocol version", "unacceptable protocol version"))
         unanswered = self._unanswered[broker.url] = self._unanswered.get(broker.url, 0) + 1 if (
             closed and refused is None) else 0
         if refused is not None and not version_refused:

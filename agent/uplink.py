@@ -348,7 +348,8 @@ class Uplink:
                 "on_disconnect": lambda c, u, f, rc, p: self._on_disconnect(rc),
                 "on_publish": lambda c, u, mid, rc, p: self._on_publish(mid, rc),
                 "on_message": lambda c, u, msg: self._on_message(generation, msg),
-                "on_subscribe": lambda c, u, mid, codes, p: self._on_subscribe(broker, mid, codes)}
+                "on_subscribe": lambda c, u, mid, codes, p: self._on_subscribe(broker, mid, codes),
+                "on_log": lambda c, u, level, text: self._on_log(level, text)}
 
     def _on_connect(self, client: mqtt.Client, broker: Broker, protocol: str, generation: int, rc: Any) -> None:
         if rc.is_failure:
@@ -362,6 +363,12 @@ class Uplink:
         self._versions.update(self._policy.learned())
         log.info("link up to %s (MQTT %s)", broker.display, protocol)
         self._post(LinkUp(generation, broker.display, protocol, reconnects))
+
+    def _on_log(self, level: int, text: str) -> None:
+        """TLS 1.3: a client certificate the broker refuses is an alert read after the handshake, which
+        paho only logs; without it the broker would seem to hang up on the CONNECT."""
+        if level == mqtt.MQTT_LOG_ERR and not self._connacked and "[SSL" in text:
+            self._refused = f"the broker refused the TLS session: {wire.tls_alert(text)}"
 
     def _on_disconnect(self, rc: Any) -> None:
         self._connected = False

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import select
 import socket
 import time
@@ -110,6 +111,12 @@ def step(client: mqtt.Client, wake_fd: int) -> MQTTErrorCode:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return rc
     return client.loop_misc()
+
+
+def tls_alert(text: str) -> str:
+    """"failed to receive on socket: [SSL: X] tlsv13 alert certificate required (_ssl.c:2580)" -> the alert."""
+    found = re.search(r"\] (.*?)(?: \(_ssl\.c:\d+\))?$", text)
+    return found.group(1) if found else text
 
 
 def no_delay(client: mqtt.Client) -> None:
