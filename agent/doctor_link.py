@@ -101,7 +101,7 @@ def from_daemon(report: Report, cfg: AgentConfig, url: str, status: dict[str, An
     link_faults = [f"{code}: {faults[code]}" for code in LINK_FAULTS if code in faults]
     active = link.get("broker") if link.get("connected") else None
     if active == broker.display:
-        detail = (f"connected over MQTT {link.get('protocol')} for {link.get('connected_for_s')} s, "
+        detail = (f"connected over MQTT {link.get('protocol')} for {_duration(link.get('connected_for_s'))}, "
                   f"{link.get('reconnects')} reconnects (the running agent's link: doctor does not connect "
                   "while it runs, it would take over the vehicle's session)")
         if link_faults:
@@ -119,6 +119,14 @@ def from_daemon(report: Report, cfg: AgentConfig, url: str, status: dict[str, An
     why = link.get("last_error") or "connecting"
     report.add(f"{name} MQTT", FAIL, "the running agent is not connected: " + "; ".join([str(why), *link_faults]),
                "journalctl -u patrol-agent -e")
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "?"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 # --- doctor's own connection (the daemon is not running) ----------------------------------
