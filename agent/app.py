@@ -116,7 +116,7 @@ class Agent:
         identity = cfg.mqtt.client_id or cfg.vehicle.id  # the certificate's CN, as the reference broker binds it
         self.uplink = Uplink(cfg.mqtt, client_id=identity,
                              subscriptions=[self.topics.command, self.topics.alert_ack], will=will,
-                             post=self.inbox.put)
+                             post=self.inbox.put, versions=cfg.state_dir / "mqtt-versions.json")
         forwarder = self.forwarder = Forwarder(cfg.mqtt, self.outbox, self.uplink, clock,
                               online_status=lambda: (self.topics.status, status_message(sender, cfg, "online")),
                               faults=faults)

@@ -18,9 +18,11 @@ taken for a row's.
 
 Connection policy (see :mod:`agent.link_policy`): brokers tried in turn with
 full-jitter exponential backoff, a short fixed retry interval while an alert
-waits; ``mqtt.protocol: auto`` falls back to MQTT 3.1.1 for a broker that
-refuses 5; a failed set-up (unreadable or mismatched key, missing file) is a
-failed attempt with a ``link_setup_failed`` fault, retried, and cleared once
+waits; ``mqtt.protocol: auto`` falls back to MQTT 3.1.1 at once for a broker
+that refuses 5 in its CONNACK or closes the connection on the CONNECT without
+one (told apart from a CONNACK that never comes), and the version each broker
+took is remembered across restarts; a failed set-up (unreadable or mismatched
+key, missing file) is a failed attempt with a ``link_setup_failed`` fault, retried, and cleared once
 the files are right again; a session taken over by another client is a
 ``session_taken_over`` fault. No CONNACK within ``connect_timeout_s`` and no
 PUBACK within ``ack_timeout_s`` (half-open link) force a reconnect;
@@ -34,30 +36,25 @@ import logging
 import os
 import random
 import select
-import socket
 import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
+from paho.mqtt.enums import MQTTErrorCode
 
+from agent import uplink_client as wire
 from agent.config import MqttConfig
 from agent.events import Acked, FaultCleared, FaultRaised, LinkDown, LinkUp, Post, Received
-from agent.link_policy import Broker, LinkPolicy, describe, tls_context
+from agent.link_policy import Broker, LinkPolicy, describe
 from agent.supervisor import Worker
 
 log = logging.getLogger(__name__)
 
-SESSION_EXPIRY_S = 24 * 3600  # the broker keeps our subscriptions (alert acks) through outages
-MAX_INBOUND_BYTES = 64 * 1024  # announced in CONNECT (MQTT 5): the broker never sends us more
-SLICE_S = 0.25  # longest wait in one select: the heartbeat's rhythm
 LAST_WORDS_WAIT_S = 2.0
 TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason: session taken over
 
@@ -101,7 +98,9 @@ class Uplink:
         post: Post,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        versions: Path | None = None,
     ) -> None:
+        """``versions``: where the MQTT version each broker took is remembered (agent.uplink_client)."""
         self._cfg = cfg
         self._client_id = client_id
         self._subscriptions = subscriptions
@@ -109,6 +108,8 @@ class Uplink:
         self._post = post
         self._clock = clock
         self._policy = LinkPolicy(cfg, rng or random.Random(), clock)
+        self._versions = wire.VersionMemory(versions)
+        self._policy.remember(self._versions.load())
         self._inbox: deque[_Work] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -122,6 +123,9 @@ class Uplink:
         self._acks: list[tuple[int, str | None]] = []
         self._refused: str | None = None  # why the broker refused or dropped this connection
         self._disconnect_rc: int | None = None
+        self._connacked = False  # this connection's CONNACK accepted it
+        self._subscribing: dict[int, str] = {}  # SUBSCRIBE mid -> topic, until its SUBACK
+        self._sub_problems: list[str] = []  # this connection's refused or downgraded subscriptions
         self._faults: set[str] = set()
         self.unexpected_acks = 0
 
@@ -179,7 +183,7 @@ class Uplink:
             if left <= 0:
                 return
             worker.beat()
-            self._sleep(min(left, SLICE_S))
+            self._sleep(min(left, wire.SLICE_S))
             for work in self._take_inbox():
                 if isinstance(work, _Stop):
                     self._stopping = True
@@ -204,8 +208,10 @@ class Uplink:
         self._generation += 1
         generation = self._generation
         self._refused = self._disconnect_rc = None
+        self._connacked = False
         try:
-            client = self._make_client(broker, protocol, generation)
+            client = wire.make_client(self._cfg, broker, protocol, client_id=self._client_id, will=self._will,
+                                      callbacks=self._callbacks(broker, protocol, generation))
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._fault("link_setup_failed", f"cannot set up the connection to {broker.display}: {describe(exc)}")
             self._policy.attempt_ended(broker, reached=False, was_up=False, lasted=0.0, refused=None,
@@ -216,19 +222,22 @@ class Uplink:
         self._clear("link_setup_failed")
         try:
             client.connect(broker.host, broker.port, keepalive=self._cfg.keepalive_s,
-                           **self._connect_args(protocol))
+                           **wire.connect_args(protocol))
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._lost(broker, generation, describe(exc), reached=False)
             return 0.0
-        _no_delay(client)
+        wire.no_delay(client)
         started, up_since = self._clock(), None
         reason = "stopped"
+        closed = False
         try:
             while True:
                 worker.beat()
-                rc = self._io(client)
+                rc = wire.step(client, self._wake_r)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    reason = self._refused or mqtt.error_string(rc)
+                    closed = not self._connacked and self._refused is None
+                    reason = (f"the broker closed the connection without answering CONNECT (MQTT {protocol})"
+                              if closed else self._refused or mqtt.error_string(rc))
                     break
                 if self._connected and up_since is None:
                     up_since = self._clock()
@@ -245,9 +254,10 @@ class Uplink:
             self._inflight.clear()
             self._queue.clear()
             self._acks.clear()
-            _close(client)
+            wire.close(client)
         lasted = 0.0 if up_since is None else self._clock() - up_since
-        self._lost(broker, generation, reason, reached=True, lasted=lasted, was_up=up_since is not None)
+        self._lost(broker, generation, reason, reached=True, lasted=lasted, was_up=up_since is not None,
+                   closed=closed)
         return lasted
 
     def _overdue(self, started: float) -> str:
@@ -261,36 +271,20 @@ class Uplink:
         return ""
 
     def _lost(self, broker: Broker, generation: int, reason: str, *, reached: bool, lasted: float = 0.0,
-              was_up: bool = False) -> None:
+              was_up: bool = False, closed: bool = False) -> None:
         verdict = self._policy.attempt_ended(broker, reached=reached, was_up=was_up, lasted=lasted,
-                                             refused=self._refused, taken_over=self._disconnect_rc == TAKEN_OVER)
+                                             refused=self._refused, taken_over=self._disconnect_rc == TAKEN_OVER,
+                                             closed=closed)
         for code, detail in verdict.faults:
             self._fault(code, detail)
         for code in verdict.cleared:
             self._clear(code)
-        log.warning("link to %s %s: %s", broker.display, "lost" if was_up else "failed", reason)
+        if verdict.fallback:  # not a failure: the broker does not speak this version
+            reason = f"{reason}; trying MQTT {verdict.fallback}"
+            log.info("link to %s: %s", broker.display, reason)
+        else:
+            log.warning("link to %s %s: %s", broker.display, "lost" if was_up else "failed", reason)
         self._post(LinkDown(generation, reason))
-
-    def _io(self, client: mqtt.Client) -> MQTTErrorCode:
-        """One select over the broker's socket and the wake-up pipe, then paho's read/write/misc."""
-        sock: Any = client.socket()
-        if sock is None:
-            return MQTTErrorCode.MQTT_ERR_NO_CONN
-        pending = sock.pending() if hasattr(sock, "pending") else 0  # TLS bytes already decrypted
-        writers = [sock] if client.want_write() else []
-        try:
-            readable, _, _ = select.select([sock, self._wake_r], writers, [], 0.0 if pending else SLICE_S)
-        except (OSError, ValueError):
-            return MQTTErrorCode.MQTT_ERR_CONN_LOST
-        if pending or sock in readable:
-            rc = client.loop_read()
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return rc
-        if client.want_write():
-            rc = client.loop_write()
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return rc
-        return client.loop_misc()
 
     def _serve_inbox(self, client: mqtt.Client, generation: int) -> bool:
         """Take handed-over work; True when asked to stop."""
@@ -339,62 +333,42 @@ class Uplink:
         deadline = self._clock() + LAST_WORDS_WAIT_S
         while self._connected and any(t is None for t, _ in self._inflight.values()) and self._clock() < deadline:
             worker.beat()
-            if self._io(client) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if wire.step(client, self._wake_r) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
         with contextlib.suppress(Exception):
             client.disconnect()
             client.loop_write()
         self._connected = False
-        _close(client)
-
-    # --- building the client ----------------------------------------------------------
-
-    def _connect_args(self, protocol: str) -> dict[str, Any]:
-        if protocol != "5":
-            return {}
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        props.MaximumPacketSize = MAX_INBOUND_BYTES
-        return {"clean_start": False, "properties": props}
-
-    def _make_client(self, broker: Broker, protocol: str, generation: int) -> mqtt.Client:
-        v5 = protocol == "5"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self._client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else False,
-        )
-        client.max_inflight_messages_set(self._cfg.inflight_window + 20)  # alerts may pass a full window
-        client.max_queued_messages_set(0)
-        client.connect_timeout = self._cfg.connect_timeout_s
-        if broker.tls:
-            client.tls_set_context(tls_context(self._cfg))
-        if self._cfg.username is not None:
-            password = self._cfg.password.get_secret_value() if self._cfg.password else None
-            client.username_pw_set(self._cfg.username, password)
-        client.will_set(self._will[0], self._will[1], qos=1, retain=True)
-        client.on_connect = lambda c, u, f, rc, p: self._on_connect(c, broker, protocol, generation, rc)
-        client.on_disconnect = lambda c, u, f, rc, p: self._on_disconnect(rc)
-        client.on_publish = lambda c, u, mid, rc, p: self._on_publish(mid, rc)
-        client.on_message = lambda c, u, msg: self._on_message(generation, msg)
-        return client
+        wire.close(client)
 
     # --- paho callbacks: run on this thread, inside loop_read ---------------------------
+
+    def _callbacks(self, broker: Broker, protocol: str, generation: int) -> dict[str, Callable[..., None]]:
+        return {"on_connect": lambda c, u, f, rc, p: self._on_connect(c, broker, protocol, generation, rc),
+                "on_disconnect": lambda c, u, f, rc, p: self._on_disconnect(rc),
+                "on_publish": lambda c, u, mid, rc, p: self._on_publish(mid, rc),
+                "on_message": lambda c, u, msg: self._on_message(generation, msg),
+                "on_subscribe": lambda c, u, mid, codes, p: self._on_subscribe(broker, mid, codes),
+                "on_log": lambda c, u, level, text: self._on_log(level, text)}
 
     def _on_connect(self, client: mqtt.Client, broker: Broker, protocol: str, generation: int, rc: Any) -> None:
         if rc.is_failure:
             self._refused = f"broker refused the connection: {rc}"
             return
-        for topic in self._subscriptions:
-            if protocol == "5":  # keep the retain flag as published: retained commands are refused
-                client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
-            else:
-                client.subscribe(topic, qos=1)
+        self._connacked = True
+        self._subscribing = wire.subscribe(client, self._subscriptions, protocol)
+        self._sub_problems = []
         self._connected = True
         reconnects = self._policy.connected(broker, protocol)
+        self._versions.update(self._policy.learned())
         log.info("link up to %s (MQTT %s)", broker.display, protocol)
         self._post(LinkUp(generation, broker.display, protocol, reconnects))
+
+    def _on_log(self, level: int, text: str) -> None:
+        """TLS 1.3: a client certificate the broker refuses is an alert read after the handshake, which
+        paho only logs; without it the broker would seem to hang up on the CONNECT."""
+        if level == mqtt.MQTT_LOG_ERR and not self._connacked and "[SSL" in text:
+            self._refused = f"the broker refused the TLS session: {wire.tls_alert(text)}"
 
     def _on_disconnect(self, rc: Any) -> None:
         self._connected = False
@@ -402,6 +376,21 @@ class Uplink:
         self._disconnect_rc = value if isinstance(value, int) else None
         if self._disconnect_rc == TAKEN_OVER:
             self._refused = "the broker handed this vehicle's session to another client"
+
+    def _on_subscribe(self, broker: Broker, mid: int, codes: list[Any]) -> None:
+        """A SUBACK: a refused subscription (NATS refuses '.' in topics; an ACL) means dispatch's commands
+        and acknowledgements never reach the vehicle; QoS 0 means those sent while it is offline are lost."""
+        topic = self._subscribing.pop(mid, None)
+        if topic is None:
+            return
+        self._sub_problems += wire.suback_problems(topic, codes)
+        if self._subscribing:
+            return
+        if self._sub_problems:
+            self._fault("subscription_refused", f"{broker.display}: " + "; ".join(self._sub_problems)
+                        + ": dispatch's commands and acknowledgements may not reach this vehicle")
+        else:
+            self._clear("subscription_refused")
 
     def _on_publish(self, mid: int, rc: Any) -> None:
         sent = self._inflight.pop(mid, None)
@@ -428,18 +417,3 @@ class Uplink:
             self._faults.discard(code)
             self._post(FaultCleared(code))
 
-
-def _no_delay(client: mqtt.Client) -> None:
-    """Small packets (an alert, a PUBACK) go out at once, not after Nagle's wait for an ACK
-    (paho leaves Nagle on: 40 ms behind a delayed ACK, measured here)."""
-    sock: Any = client.socket()
-    if sock is not None:
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _close(client: mqtt.Client) -> None:
-    sock = client.socket()
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()

@@ -1,0 +1,189 @@
+"""The uplink's paho client for one connection attempt, one step of its socket, and the MQTT version
+each broker took, remembered across restarts.
+
+Runs on the uplink thread only: agent/uplink.py builds a client here for each
+attempt, drives it with :func:`step`, and keeps :class:`VersionMemory` up to
+date. Nothing here is shared with another thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import select
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from agent.config import MqttConfig
+from agent.link_policy import SESSION_EXPIRY_S, Broker, tls_context
+
+log = logging.getLogger(__name__)
+
+MAX_INBOUND_BYTES = 64 * 1024  # announced in CONNECT (MQTT 5): the broker never sends us more
+SLICE_S = 0.25  # longest wait in one select: the heartbeat's rhythm
+MEMORY_DAYS = 7.0  # a broker's 3.1.1 is tried again with 5 after this long (it may have been upgraded)
+
+
+def connect_args(protocol: str) -> dict[str, Any]:
+    """MQTT 5: clean start off, the session kept for SESSION_EXPIRY_S, our largest inbound packet."""
+    if protocol != "5":
+        return {}
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = SESSION_EXPIRY_S
+    props.MaximumPacketSize = MAX_INBOUND_BYTES
+    return {"clean_start": False, "properties": props}
+
+
+def make_client(cfg: MqttConfig, broker: Broker, protocol: str, *, client_id: str, will: tuple[str, bytes],
+                callbacks: dict[str, Callable[..., None]]) -> mqtt.Client:
+    """A client for one attempt: MQTT 5 or 3.1.1 with clean session off, the will, TLS and credentials;
+    ``callbacks`` are paho's ``on_connect``, ``on_disconnect``... set as given."""
+    v5 = protocol == "5"
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, clean_session=None if v5 else False)
+    client.max_inflight_messages_set(cfg.inflight_window + 20)  # alerts may pass a full window
+    client.max_queued_messages_set(0)
+    client.connect_timeout = cfg.connect_timeout_s
+    if broker.tls:
+        client.tls_set_context(tls_context(cfg))
+    if cfg.username is not None:
+        password = cfg.password.get_secret_value() if cfg.password else None
+        client.username_pw_set(cfg.username, password)
+    client.will_set(will[0], will[1], qos=1, retain=True)
+    for name, callback in callbacks.items():
+        setattr(client, name, callback)
+    return client
+
+
+def subscribe(client: mqtt.Client, topics: list[str], protocol: str) -> dict[int, str]:
+    """QoS 1 subscriptions; returns SUBSCRIBE message id -> topic, for their SUBACKs."""
+    pending = {}
+    for topic in topics:
+        if protocol == "5":  # keep the retain flag as published: retained commands are refused
+            _, mid = client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
+        else:
+            _, mid = client.subscribe(topic, qos=1)
+        if mid is not None:
+            pending[mid] = topic
+    return pending
+
+
+def suback_problems(topic: str, codes: list[Any]) -> list[str]:
+    """What a SUBACK says is wrong: refused (an ACL; NATS refuses '.' in topics), or QoS 0 only."""
+    problems = []
+    for code in codes:
+        if getattr(code, "is_failure", False):
+            problems.append(f"{topic} refused ({code}, SUBACK 0x{getattr(code, 'value', 0x80):02x})")
+        elif getattr(code, "value", 1) == 0:
+            problems.append(f"{topic} granted at QoS 0 only: what is sent while offline is lost")
+    return problems
+
+
+def step(client: mqtt.Client, wake_fd: int) -> MQTTErrorCode:
+    """One select over the broker's socket and the wake-up pipe, then paho's read/write/misc."""
+    sock: Any = client.socket()
+    if sock is None:
+        return MQTTErrorCode.MQTT_ERR_NO_CONN
+    pending = sock.pending() if hasattr(sock, "pending") else 0  # TLS bytes already decrypted
+    writers = [sock] if client.want_write() else []
+    try:
+        readable, _, _ = select.select([sock, wake_fd], writers, [], 0.0 if pending else SLICE_S)
+    except (OSError, ValueError):
+        return MQTTErrorCode.MQTT_ERR_CONN_LOST
+    if pending or sock in readable:
+        rc = client.loop_read()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return rc
+    if client.want_write():
+        rc = client.loop_write()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return rc
+    return client.loop_misc()
+
+
+def tls_alert(text: str) -> str:
+    """"failed to receive on socket: [SSL: X] tlsv13 alert certificate required (_ssl.c:2580)" -> the alert."""
+    found = re.search(r"\] (.*?)(?: \(_ssl\.c:\d+\))?$", text)
+    return found.group(1) if found else text
+
+
+def no_delay(client: mqtt.Client) -> None:
+    """Small packets (an alert, a PUBACK) go out at once, not after Nagle's wait for an ACK
+    (paho leaves Nagle on: 40 ms behind a delayed ACK, measured here)."""
+    sock: Any = client.socket()
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def close(client: mqtt.Client) -> None:
+    sock = client.socket()
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+class VersionMemory:
+    """The MQTT version each broker took (``protocol: auto``), in a small JSON file of the state directory.
+
+    A unit that restarts (every ignition) does not knock on a 3.1.1 broker with MQTT 5 again: NATS logs
+    an error for each such CONNECT, RabbitMQ 3.10 a crash report, and the first message waits one more
+    round trip. An entry older than MEMORY_DAYS is not used (the broker may have been upgraded). Written
+    only when something changed; a file that cannot be read or written costs a fallback, nothing more.
+    Keys are the brokers' URLs without credentials.
+    """
+
+    def __init__(self, path: Path | None, *, wall: Callable[[], float] = time.time) -> None:
+        self._path = path
+        self._wall = wall
+        self._entries: dict[str, dict[str, Any]] = {}
+
+    def load(self) -> dict[str, str]:
+        """The versions remembered and still fresh, by broker."""
+        if self._path is None:
+            return {}
+        try:
+            data = json.loads(self._path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read %s (%s): MQTT versions will be found again", self._path, exc)
+            return {}
+        now = self._wall()
+        fresh = {}
+        for display, entry in (data.items() if isinstance(data, dict) else []):
+            since = entry.get("since") if isinstance(entry, dict) else None
+            if (isinstance(since, int | float) and entry.get("protocol") in ("5", "3.1.1")
+                    and 0 <= now - since < MEMORY_DAYS * 86400):
+                fresh[display] = entry["protocol"]
+                self._entries[display] = {"protocol": entry["protocol"], "since": entry["since"]}
+        return fresh
+
+    def update(self, learned: dict[str, str]) -> None:
+        """What the policy knows now, by broker; written if it differs from the file."""
+        if self._path is None:
+            return
+        entries = {display: (self._entries[display] if self._entries.get(display, {}).get("protocol") == version
+                             else {"protocol": version, "since": self._wall()})
+                   for display, version in learned.items()}
+        if entries == self._entries:
+            return
+        self._entries = entries
+        temporary = self._path.with_name(self._path.name + ".tmp")
+        try:
+            temporary.write_text(json.dumps(entries, indent=1, sort_keys=True))
+            os.replace(temporary, self._path)
+        except OSError as exc:
+            log.warning("cannot write %s (%s): MQTT versions will be found again after a restart", self._path, exc)
