@@ -175,7 +175,8 @@ class LinkPolicy:
         return self.connections - 1
 
     def attempt_ended(self, broker: Broker, *, reached: bool, was_up: bool, lasted: float,
-                      refused: str | None, taken_over: bool, closed: bool = False) -> Verdict:
+                      refused: str | None, taken_over: bool, closed: bool = False,
+                      publish_refused: bool = False) -> Verdict:
         """One attempt is over. ``refused``: the CONNACK's refusal (or the set-up's), if any; ``closed``:
         the broker closed the connection after our CONNECT without answering it (not our timeout)."""
         verdict = Verdict()
@@ -183,7 +184,7 @@ class LinkPolicy:
         self._now = False
         if was_up:
             self._unanswered.pop(broker.url, None)
-            self._up_ended(verdict, lasted, taken_over)
+            self._up_ended(verdict, lasted, taken_over, publish_refused)
             return verdict
         version_refused = refused is not None and any(  # CONNACK 0x84 (MQTT 5) or 1 (3.1.1), as paho names them
             words in refused.lower() for words in ("unsupported protocol version", "unacceptable protocol version"))
@@ -218,6 +219,8 @@ class LinkPolicy:
             said_no.clear()  # what worked no longer does (an upgrade, a fail-over behind one name): learn again
         if url in self._protocol:
             return False  # a version that works: this failure says nothing about versions
+        if not version_refused and not closed:
+            return False  # no CONNACK in time (a weak cell at boot, a half-open link): says nothing about versions
         if version_refused:
             said_no.add(protocol)
         if said_no >= {"5", "3.1.1"}:
@@ -242,7 +245,7 @@ class LinkPolicy:
                 "of its last will: NATS refuses '.' in topics; limits?) or is not an MQTT broker; see its log")))
         return False
 
-    def _up_ended(self, verdict: Verdict, lasted: float, taken_over: bool) -> None:
+    def _up_ended(self, verdict: Verdict, lasted: float, taken_over: bool, publish_refused: bool) -> None:
         verdict.cleared += ["broker_refused", "protocol_refused"]
         if lasted >= self._cfg.stable_after_s:
             self._failures = 0
@@ -250,7 +253,9 @@ class LinkPolicy:
             verdict.cleared.append("session_taken_over")
         else:
             self._failures += 1
-        self._kicks = self._kicks + 1 if lasted < KICK_WITHIN_S else 0
+        # a connection lost right after the broker refused a publish (paho hangs up on a failed PUBACK) is
+        # that refusal (a publish_refused fault), not a takeover
+        self._kicks = self._kicks + 1 if lasted < KICK_WITHIN_S and not publish_refused else 0
         if taken_over or self._kicks >= KICKS:
             why = ("the broker handed this vehicle's session to another client" if taken_over else
                    f"the broker closed the connection within {KICK_WITHIN_S:g} s of connecting "

@@ -127,6 +127,7 @@ class Uplink:
         self._subscribing: dict[int, str] = {}  # SUBSCRIBE mid -> topic, until its SUBACK
         self._sub_problems: list[str] = []  # this connection's refused or downgraded subscriptions
         self._faults: set[str] = set()
+        self._publish_refused = False  # the broker refused a publish on this connection (a PUBACK reason code)
         self.unexpected_acks = 0
 
     # --- other threads' side: hand work over, never touch paho ----------------------
@@ -209,6 +210,7 @@ class Uplink:
         generation = self._generation
         self._refused = self._disconnect_rc = None
         self._connacked = False
+        self._publish_refused = False
         try:
             client = wire.make_client(self._cfg, broker, protocol, client_id=self._client_id, will=self._will,
                                       callbacks=self._callbacks(broker, protocol, generation))
@@ -224,6 +226,9 @@ class Uplink:
             client.connect(broker.host, broker.port, keepalive=self._cfg.keepalive_s,
                            **wire.connect_args(protocol))
         except (OSError, ssl.SSLError, ValueError) as exc:
+            if isinstance(exc, ssl.SSLError):  # the broker's certificate, or our CA file after a rotation
+                self._fault("tls_failed", f"TLS with {broker.display} failed: {describe(exc)} (is mqtt.tls.ca_file "
+                                          "the CA that signed the broker's certificate, and the host name in it?)")
             self._lost(broker, generation, describe(exc), reached=False)
             return 0.0
         wire.no_delay(client)
@@ -274,7 +279,7 @@ class Uplink:
               was_up: bool = False, closed: bool = False) -> None:
         verdict = self._policy.attempt_ended(broker, reached=reached, was_up=was_up, lasted=lasted,
                                              refused=self._refused, taken_over=self._disconnect_rc == TAKEN_OVER,
-                                             closed=closed)
+                                             closed=closed, publish_refused=self._publish_refused)
         for code, detail in verdict.faults:
             self._fault(code, detail)
         for code in verdict.cleared:
@@ -356,6 +361,7 @@ class Uplink:
             self._refused = f"broker refused the connection: {rc}"
             return
         self._connacked = True
+        self._clear("tls_failed")
         self._subscribing = wire.subscribe(client, self._subscriptions, protocol)
         self._sub_problems = []
         self._connected = True
@@ -373,7 +379,9 @@ class Uplink:
     def _on_disconnect(self, rc: Any) -> None:
         self._connected = False
         value = getattr(rc, "value", None)
-        self._disconnect_rc = value if isinstance(value, int) else None
+        log.debug("disconnected: %r", rc)
+        if self._disconnect_rc is None or self._disconnect_rc < 128:  # keep the broker's own reason
+            self._disconnect_rc = value if isinstance(value, int) else None
         if self._disconnect_rc == TAKEN_OVER:
             self._refused = "the broker handed this vehicle's session to another client"
 
@@ -398,8 +406,10 @@ class Uplink:
             self.unexpected_acks += 1  # not ours on this connection: never taken for a row's
             return
         token = sent[0]
+        failed = bool(getattr(rc, "is_failure", False))
+        self._publish_refused = self._publish_refused or failed
         if token is not None:
-            self._acks.append((token, str(rc) if getattr(rc, "is_failure", False) else None))
+            self._acks.append((token, str(rc) if failed else None))
 
     def _on_message(self, generation: int, msg: mqtt.MQTTMessage) -> None:
         self._post(Received(generation, msg.topic, bytes(msg.payload), bool(msg.retain)))

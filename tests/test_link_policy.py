@@ -72,11 +72,14 @@ def test_a_single_hang_up_on_mqtt_5_does_not_make_a_broker_3_1_1() -> None:
     assert link.learned() == {URL: "5"}
 
 
-def test_auto_after_a_connack_timeout_tries_the_other_version_after_the_usual_wait() -> None:
+def test_auto_after_connack_timeouts_keeps_mqtt_5() -> None:
+    """No CONNACK in time (a weak cell at boot, a half-open link) says nothing about the version: falling
+    back on it would keep the unit on 3.1.1 (no reason codes, no packet-size limit) once the link heals."""
     link = policy()
-    version, verdict, wait = attempt(link)  # reached, no CONNACK within connect_timeout_s, not closed
-    assert (version, verdict.fallback, wait) == ("5", None, 2.0)
-    assert link.next_attempt()[1] == "3.1.1"
+    for _ in range(5):
+        version, verdict, wait = attempt(link)  # reached, no CONNACK within connect_timeout_s, not closed
+        assert (version, verdict.fallback) == ("5", None)
+    assert link.next_attempt()[1] == "5"
 
 
 def test_a_learnt_version_is_kept_through_ordinary_failures_and_learnt_again_when_refused() -> None:
