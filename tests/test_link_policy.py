@@ -77,7 +77,7 @@ def test_auto_after_connack_timeouts_keeps_mqtt_5() -> None:
     back on it would keep the unit on 3.1.1 (no reason codes, no packet-size limit) once the link heals."""
     link = policy()
     for _ in range(5):
-        version, verdict, wait = attempt(link)  # reached, no CONNACK within connect_timeout_s, not closed
+        version, verdict, _ = attempt(link)  # reached, no CONNACK within connect_timeout_s, not closed
         assert (version, verdict.fallback) == ("5", None)
     assert link.next_attempt()[1] == "5"
 
