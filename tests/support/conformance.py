@@ -55,8 +55,9 @@ def _ms(iso: str) -> int:
     return round(moment.timestamp() * 1000)
 
 
-def gpsd_epochs(chk: Path) -> dict[int, dict[str, object]]:
-    """time (ms) -> gpsd's fix for that epoch (its best TPV)."""
+def gpsd_epochs(chk: Path, verdict: str = "best") -> dict[int, dict[str, object]]:
+    """time (ms) -> gpsd's fix for that epoch: ``best``, its last TPV of the highest mode (the shared
+    captures' README); ``last``, its last TPV of that time."""
     best: dict[int, dict[str, object]] = {}
     for line in chk.read_text(errors="replace").splitlines():
         if '"class":"TPV"' not in line:
@@ -65,9 +66,19 @@ def gpsd_epochs(chk: Path) -> dict[int, dict[str, object]]:
         if "time" not in tpv:
             continue
         key = _ms(tpv["time"])
-        if key not in best or tpv.get("mode", 0) >= best[key].get("mode", 0):
+        if verdict == "last" or key not in best or tpv.get("mode", 0) >= best[key].get("mode", 0):
             best[key] = tpv
     return best
+
+
+def gpsd_release(chk: Path) -> str | None:
+    """The gpsd that wrote ``chk`` (tools/gpsd_oracle.py keeps its VERSION line first), if it says."""
+    with chk.open(errors="replace") as lines:
+        first = lines.readline()
+    if '"class":"VERSION"' not in first:
+        return None
+    release = json.loads(first).get("release")
+    return str(release) if release is not None else None
 
 
 @dataclass
@@ -98,10 +109,12 @@ class Comparison:
         )
 
 
-def compare(log: Path, *, gpsd_322: bool = False, time_of_day: bool = False) -> Comparison:
-    """``time_of_day``: match epochs by time of day only (streams whose dates gpsd 3.22 mangles)."""
-    chk = log.with_name(log.name + ".chk")
-    reference = gpsd_epochs(chk)
+def compare(log: Path, *, chk: Path | None = None, verdict: str = "best", gpsd_322: bool = False,
+            time_of_day: bool = False) -> Comparison:
+    """``chk``: gpsd's output (default ``NAME.chk`` beside the log); ``verdict``: see :func:`gpsd_epochs`;
+    ``time_of_day``: match epochs by time of day only (streams whose dates gpsd 3.22 mangles)."""
+    chk = chk or log.with_name(log.name + ".chk")
+    reference = gpsd_epochs(chk, verdict)
     ours = {f.time_ms: f for f in decode_capture(log) if f.time_ms is not None}
     if time_of_day:
         reference = {when % _DAY_MS: tpv for when, tpv in sorted(reference.items())}
