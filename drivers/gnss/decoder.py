@@ -84,8 +84,9 @@ class NmeaDecoder:
         return self._epochs.cycle.ender is not None
 
     def forget_cycle(self) -> None:
-        """A new stream: learn the receiver's cycle again."""
+        """A new stream: learn the receiver's cycle again, and forget what the last one said of its mode."""
         self._epochs.cycle.forget()
+        self._epochs.model.reset()
 
     def feed(self, data: bytes) -> list[Fix]:
         return self._lines(self._framer.feed(data))
