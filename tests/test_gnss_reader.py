@@ -144,8 +144,10 @@ def test_missing_device_at_start_is_retried_until_it_appears(tmp_path: Path) -> 
         device = PtyGnss(path)
         try:
             deadline = time.monotonic() + 5
+            second = 0
             while not rec.fixes and time.monotonic() < deadline:
-                device.write(epoch(_seconds(0)))
+                device.write(epoch(_seconds(second)))  # a receiver's epochs, until the reader has the port open
+                second += 1
                 time.sleep(0.1)
             assert rec.fixes and rec.fixes[0].has_position
         finally:
@@ -220,3 +222,4 @@ def gnss_pty_reader_slow_quiet(gnss_pty: PtyGnss) -> Iterator[tuple[GnssReader, 
     recorder.wait(lambda: reader.opens >= 1)
     yield reader, recorder
     reader.stop()
+

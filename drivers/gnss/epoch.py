@@ -126,7 +126,7 @@ class EpochAssembler:
     def _late(self, obs: Observation) -> None:
         self.late += 1
         self.model.apply(obs, new_epoch=False)  # too late for its epoch, not for what it says of the receiver
-        self.cycle.violated()
+        self.cycle.late(obs)
         if obs.day is not None and obs.tod_ms is not None:
             self._last_day, self._last_tod = obs.day, obs.tod_ms  # a late ZDA still tells the calendar
 
@@ -138,7 +138,7 @@ class EpochAssembler:
         self._emitted_tod = tod
         self.ended[how] += 1
         fix = self._build(tod, observations)
-        self.cycle.closed(by_ender=how == "ender", fix=fix.has_position)
+        self.cycle.closed(how, fix=fix.has_position)
         out.append(fix)
 
     # --- the rules ------------------------------------------------------------

@@ -10,10 +10,19 @@ Each turn of its loop waits at most 0.25 s.
 An epoch goes out as soon as the sentence that closes the receiver's cycle
 arrives, once that sentence is learnt (drivers/gnss/cycle.py); until then,
 and for receivers whose cycle varies, it goes out when the line has been
-quiet for ``gnss.quiet_flush_ms``. With a learnt cycle an epoch whose ender
-is late waits a little longer (``_LEARNT_QUIET_FACTOR`` times the gap,
-0.25 s at most) before the quiet line closes it: the next epoch's time
-closes it in any case.
+quiet for a while. How long:
+
+- while the cycle is being learnt (the first fix epochs of a stream), a
+  generous ``_SETTLING_QUIET_S``: a USB or Bluetooth adapter delivers an
+  epoch in chunks, a receiver may send its GGA well after its RMC, and an
+  epoch cut short there would teach the wrong end of cycle and go out
+  without the sentence that says its fix is stale;
+- afterwards, for a receiver whose cycle cannot be learnt,
+  ``gnss.quiet_flush_ms``, doubled (up to ``_MAX_QUIET_S``) each time a
+  sentence arrives for an epoch a quiet line had already closed;
+- with a learnt cycle, an epoch whose ender is late waits
+  ``_LEARNT_QUIET_FACTOR`` times that gap (0.25 s at most) before the quiet
+  line closes it. The next epoch's time closes it in any case.
 
 A cold start without time is a state: sentences arrive but none carries a
 date and time (``waiting_for_time``); after ``gnss.no_time_after_s`` it is
@@ -46,6 +55,8 @@ log = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 0.25  # how often the thread looks at its clock when the line is silent
 _LEARNT_QUIET_FACTOR = 5  # with a learnt cycle, a missing ender waits this many quiet gaps
+_SETTLING_QUIET_S = 0.25  # the quiet gap while the cycle is being learnt
+_MAX_QUIET_S = 0.5  # widened on split epochs up to this: beyond it, the next epoch's time closes the epoch
 _TIME_GRACE_S = 3.0  # sentences but no timed epoch for this long (a few cycles) mean waiting for time
 
 
@@ -176,18 +187,25 @@ class GnssReader:
         now = self._clock()
         last_bytes = last_sentence = opened = self._time_at = now
         quiet_s = self._cfg.quiet_flush_ms / 1000
-        learnt_quiet_s = min(_IDLE_WAIT_S, quiet_s * _LEARNT_QUIET_FACTOR)
         fileno = _fileno(port)
         decoder = self.decoder
+        splits = decoder.split_epochs
         while not self._stop.is_set():
             self._beat()
-            wait = (learnt_quiet_s if decoder.cycle_learnt else quiet_s) if decoder.epoch_pending else _IDLE_WAIT_S
+            wait = self._quiet_gap(quiet_s) if decoder.epoch_pending else _IDLE_WAIT_S
             data = _read_available(port, fileno, wait)
             now = self._clock()
             if data:
-                last_bytes = now
                 before = decoder.sentences
                 self._deliver(decoder.feed(data))
+                if decoder.split_epochs != splits:  # the line was quiet, but the epoch was not over
+                    splits = decoder.split_epochs
+                    wider = min(_MAX_QUIET_S, max(2 * quiet_s, 1.5 * (now - last_bytes)))
+                    if wider > quiet_s and now - last_bytes < _MAX_QUIET_S:  # (longer: a repeat, not a split)
+                        log.info("GNSS epochs arrive in bursts %.0f ms apart: waiting up to %.0f ms for the rest",
+                                 1000 * (now - last_bytes), 1000 * wider)
+                        quiet_s = wider
+                last_bytes = now
                 if decoder.sentences != before:
                     if now - last_sentence > self._time_grace_s:
                         self._time_at = max(self._time_at, now)  # talking again after a silence: a new start
@@ -195,6 +213,14 @@ class GnssReader:
             elif decoder.epoch_pending:
                 self._deliver(decoder.flush())  # the line went quiet: the epoch is complete
             self._check_silence(now, max(last_bytes, opened), max(last_sentence, opened))
+
+    def _quiet_gap(self, quiet_s: float) -> float:
+        """How long a quiet line must last to close the open epoch."""
+        if self.decoder.cycle_learnt:
+            return max(quiet_s, min(_IDLE_WAIT_S, quiet_s * _LEARNT_QUIET_FACTOR))
+        if self.decoder.cycle_settling:
+            return max(quiet_s, _SETTLING_QUIET_S)
+        return quiet_s
 
     def _check_silence(self, now: float, last_bytes: float, last_sentence: float) -> None:
         if now - last_bytes > self._cfg.no_data_after_s:
