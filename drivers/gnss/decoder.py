@@ -91,6 +91,16 @@ class NmeaDecoder:
         return self._epochs.cycle.settling
 
     @property
+    def late(self) -> int:
+        """Sentences of an epoch already emitted (cheaper than ``counters``)."""
+        return self._epochs.late
+
+    @property
+    def pending_tod_ms(self) -> int | None:
+        """The time of day (ms) of the open epoch, if one is open."""
+        return self._epochs.pending_tod_ms
+
+    @property
     def split_epochs(self) -> int:
         """Sentences that arrived after a quiet line had closed their epoch (cheaper than ``counters``)."""
         return self._epochs.cycle.splits

@@ -120,6 +120,11 @@ class EpochAssembler:
         return self._tod is not None
 
     @property
+    def pending_tod_ms(self) -> int | None:
+        """The time of day of the open epoch."""
+        return self._tod
+
+    @property
     def held(self) -> int:
         return len(self._obs)
 

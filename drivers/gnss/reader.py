@@ -25,9 +25,12 @@ quiet for a while. How long:
   line closes it. The next epoch's time closes it in any case.
 
 A cold start without time is a state: sentences arrive but none carries a
-date and time (``waiting_for_time``); after ``gnss.no_time_after_s`` it is
-``no_time``, which the core reports as a fault. The sentences held meanwhile
-are bounded (the decoder counts the ones it drops).
+date and time (``waiting_for_time``). A receiver that keeps sending one old
+epoch (its time frozen: a hung firmware, a replaying adapter) is another:
+``time_frozen``, with the time it repeats. After ``gnss.no_time_after_s``
+either is ``no_time``, which the core reports as a fault, its detail saying
+which. The sentences held meanwhile are bounded (the decoder counts the ones
+it drops).
 
 The device may vanish at any moment (a USB receiver knocked out by a knee):
 the reader reports it, closes the port and reopens it with exponential
@@ -66,7 +69,8 @@ class GnssState(StrEnum):
     NO_DATA = "no_data"  # open, but silent
     NO_NMEA = "no_nmea"  # bytes, but no valid sentence: usually the wrong baud rate
     WAITING_FOR_TIME = "waiting_for_time"  # sentences, but none carries a date and time (cold start)
-    NO_TIME = "no_time"  # ... for longer than gnss.no_time_after_s: a fault
+    TIME_FROZEN = "time_frozen"  # sentences, but the receiver repeats one epoch: its time does not advance
+    NO_TIME = "no_time"  # either, for longer than gnss.no_time_after_s: a fault
     NO_FIX = "no_fix"  # sentences with a time, but the receiver has no position
     FIX = "fix"
 
@@ -125,6 +129,8 @@ class GnssReader:
         self.last_fix: Fix | None = None
         self.last_fix_at: float | None = None  # monotonic
         self._time_at = 0.0  # monotonic: port opened, or the last epoch with a time or a position
+        self._late_mark = 0  # the decoder's late count at the last epoch with a time
+        self._last_time: str | None = None  # that epoch's time
         self._time_grace_s = min(_TIME_GRACE_S, cfg.no_time_after_s / 2)
 
     # --- lifecycle ----------------------------------------------------------
@@ -236,15 +242,33 @@ class GnssReader:
 
     def _no_time(self, now: float) -> None:
         waited = now - self._time_at
-        if waited >= self._cfg.no_time_after_s:
+        frozen = self._frozen_at()
+        if frozen is not None:
+            detail = f"the receiver repeats its epoch of {frozen}: its time has not advanced for {waited:.0f} s"
+            self._set_state(GnssState.NO_TIME if waited >= self._cfg.no_time_after_s else GnssState.TIME_FROZEN,
+                            detail)
+        elif waited >= self._cfg.no_time_after_s:
             self._set_state(GnssState.NO_TIME, f"no date and time from the receiver for {waited:.0f} s")
         else:
             self._set_state(GnssState.WAITING_FOR_TIME, "sentences without a date and time (cold start?)",
                             level=logging.INFO)
 
+    def _frozen_at(self) -> str | None:
+        """The time a frozen receiver repeats: sentences keep coming for the epoch that went out last, or for
+        one that never completes because its time never changes."""
+        if self._last_time is not None and self.decoder.late > self._late_mark:
+            return self._last_time
+        tod = self.decoder.pending_tod_ms
+        if tod is not None:
+            seconds = tod // 1000
+            return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}.{tod % 1000:03d} UTC"
+        return None
+
     def _deliver(self, fixes: list[Fix]) -> None:
         for fix in fixes:
             now = self._clock()
+            if fix.time_ms is not None:
+                self._late_mark, self._last_time = self.decoder.late, fix.time_iso
             if fix.has_position:
                 self.last_fix, self.last_fix_at = fix, now
                 self._time_at = now
