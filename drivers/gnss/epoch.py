@@ -42,11 +42,11 @@ verdict on the generated streams of tests/fixtures/nmea/gpsd checks them):
    [R - 50, R + 49]: "99" is 1999, "00" 2000, "80" 1980 today and 2080 in
    2079. gpsd uses the century of its start time and wraps 2080 to 1980.
 6. GPS week rollover: a receiver that lost 1024 weeks reports a date ~19.6
-   years in the past. The date is reported as sent (as newer gpsd does, so
-   the epochs line up with gpsd's), and ``Fix.time_trusted`` is False for
-   any time before the build-date floor: such a time never sets the clock.
-   gpsd 3.22 moves every date before 2017 forward by 1024 weeks; its newer
-   versions do not.
+   years in the past. The date is reported as sent (as gpsd does on its
+   regression logs, so the epochs line up with gpsd's), and
+   ``Fix.time_trusted`` is False for any time before the build-date floor:
+   such a time never sets the clock. Live, gpsd (3.22 and 3.27 alike) moves
+   every date before 2017 forward by 1024 weeks, which hides the fault.
 7. Bounded memory: at most ``MAX_HELD`` sentences wait for an epoch (a cold
    start sends sentences without a time for minutes); older ones are dropped
    and counted (``held_dropped``).

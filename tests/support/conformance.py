@@ -112,7 +112,7 @@ class Comparison:
 def compare(log: Path, *, chk: Path | None = None, verdict: str = "best", gpsd_322: bool = False,
             time_of_day: bool = False) -> Comparison:
     """``chk``: gpsd's output (default ``NAME.chk`` beside the log); ``verdict``: see :func:`gpsd_epochs`;
-    ``time_of_day``: match epochs by time of day only (streams whose dates gpsd 3.22 mangles)."""
+    ``time_of_day``: match epochs by time of day only (streams whose dates gpsd mangles)."""
     chk = chk or log.with_name(log.name + ".chk")
     reference = gpsd_epochs(chk, verdict)
     week_rollover = gpsd_322 or capture_date(log) is None
