@@ -101,6 +101,12 @@ class NmeaDecoder:
         return self._epochs.pending_tod_ms
 
     @property
+    def epoch_period_s(self) -> float | None:
+        """The time between the receiver's last two epochs (its rate), if known."""
+        period = self._epochs.period_ms
+        return None if period is None else period / 1000
+
+    @property
     def split_epochs(self) -> int:
         """Sentences that arrived after a quiet line had closed their epoch (cheaper than ``counters``)."""
         return self._epochs.cycle.splits

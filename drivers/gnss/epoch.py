@@ -5,7 +5,10 @@ A receiver sends several sentences per cycle (RMC, GGA, GSA, VTG, ZDA...),
 in an order of its own and at 1 to 10 Hz. Sentences that carry a time belong
 to the epoch of that time (compared as integer milliseconds, since ``.0``,
 ``.00`` and ``.000`` occur within one epoch); sentences without one (GSA,
-VTG) belong to the epoch being assembled. An epoch ends when a sentence with
+VTG) belong to the epoch being assembled, or, between epochs, to the next
+time that comes: the epoch a quiet line closed, if a sentence of its time
+follows them (the tail of an epoch delivered in two bursts), else the next
+epoch (a receiver that sends its GSA first). An epoch ends when a sentence with
 another time arrives, when the sentence that closes this receiver's cycle
 arrives (:mod:`drivers.gnss.cycle`), or when the reader sees the line go
 quiet (:meth:`EpochAssembler.flush`).
@@ -73,7 +76,7 @@ class EpochAssembler:
     """Feeds observations, appends one :class:`Fix` per completed epoch to ``out``."""
 
     __slots__ = ("_emitted_tod", "_last_day", "_last_tod", "_obs", "_tod", "clock", "cycle", "default_day", "ended",
-                 "held_dropped", "late", "max_held", "model")
+                 "held_dropped", "late", "max_held", "model", "period_ms")
 
     def __init__(self, *, default_day: date | None = None, clock: Callable[[], float] = time.time,
                  max_held: int = MAX_HELD) -> None:
@@ -82,6 +85,7 @@ class EpochAssembler:
         self._last_day: date | None = None
         self._last_tod: int | None = None
         self._emitted_tod: int | None = None
+        self.period_ms: int | None = None  # between the last two epochs (the receiver's rate), if under 5 s
         self.default_day = default_day
         self.clock = clock
         self.max_held = max_held
@@ -96,18 +100,28 @@ class EpochAssembler:
         tod = obs.tod_ms
         if tod is not None and tod != self._tod:
             if self._tod is None and tod == self._emitted_tod:
-                self._late(obs)  # its epoch went out already: do not emit it twice
+                held, self._obs = self._obs, []  # sentences without a time since: the same epoch's too
+                for late in [*held, obs]:
+                    self._late(late)  # its epoch went out already: do not emit it twice
                 return
+            previous = self._tod if self._tod is not None else self._emitted_tod
+            if previous is not None and 0 < tod - previous < 5_000:
+                self.period_ms = tod - previous
             self._finish(out, how="time")
             self._tod = tod
-        elif tod is None and self._tod is None and self.cycle.just_emitted and not self.cycle.starts_cycle(obs):
+            for waiting in self._obs:
+                self.cycle.observe(waiting)  # held without a time: they open this epoch
+        elif tod is None and self._tod is None and self.cycle.just_emitted and not self._obs \
+                and not self.cycle.starts_cycle(obs):
             self._late(obs)  # after the cycle's last sentence: it belonged to the epoch that went out
             return
         if len(self._obs) >= self.max_held:
             del self._obs[0]
             self.held_dropped += 1
         self._obs.append(obs)
-        if self.cycle.observe(obs) and self._tod is not None:
+        if self._tod is None:
+            return  # no time yet: whose epoch this is, the next time says
+        if self.cycle.observe(obs):
             self._finish(out, how="ender")  # the sentence that closes this receiver's cycle
 
     def flush(self, out: list[Fix]) -> None:

@@ -13,10 +13,14 @@ and for receivers whose cycle varies, it goes out when the line has been
 quiet for a while. How long:
 
 - while the cycle is being learnt (the first fix epochs of a stream), a
-  generous ``_SETTLING_QUIET_S``: a USB or Bluetooth adapter delivers an
-  epoch in chunks, a receiver may send its GGA well after its RMC, and an
-  epoch cut short there would teach the wrong end of cycle and go out
-  without the sentence that says its fix is stale;
+  generous ``_SETTLING_QUIET_S``, or half the receiver's period if that is
+  shorter: a USB or Bluetooth adapter delivers an epoch in chunks, a
+  receiver may send its GGA well after its RMC, and an epoch cut short there
+  would teach the wrong end of cycle and go out without the sentence that
+  says its fix is stale. (Half a period, not the next epoch's time: an epoch
+  closed by the next one's time would go out moments before that one, once
+  the cycle is learnt, and two fixes so close together look like one to
+  whoever rate-limits them.)
 - afterwards, for a receiver whose cycle cannot be learnt,
   ``gnss.quiet_flush_ms``, doubled (up to ``_MAX_QUIET_S``) each time a
   sentence arrives for an epoch a quiet line had already closed;
@@ -225,7 +229,8 @@ class GnssReader:
         if self.decoder.cycle_learnt:
             return max(quiet_s, min(_IDLE_WAIT_S, quiet_s * _LEARNT_QUIET_FACTOR))
         if self.decoder.cycle_settling:
-            return max(quiet_s, _SETTLING_QUIET_S)
+            period = self.decoder.epoch_period_s
+            return max(quiet_s, _SETTLING_QUIET_S if period is None else min(_SETTLING_QUIET_S, period / 2))
         return quiet_s
 
     def _check_silence(self, now: float, last_bytes: float, last_sentence: float) -> None:
