@@ -121,8 +121,10 @@ def _report_from_daemon(report: Report, status: dict[str, Any]) -> None:
     state = gnss.get("state")
     # talking NMEA: fix, no fix, or still waiting for the receiver's first time (a cold start)
     result = PASS if state in ("fix", "no_fix", "opening") else WARN if state == "waiting_for_time" else FAIL
+    hint = ("the receiver repeats one old epoch, its time does not advance: power-cycle it; if it persists, "
+            "its firmware or its serial adapter is at fault") if state == "time_frozen" else ""
     report.add("GNSS device", result, f"in use by the running agent: {gnss.get('state')}, "
-               f"{gnss.get('sentences')} sentences")
+               f"{gnss.get('sentences')} sentences", hint)
     report.add("GNSS fix", PASS if gnss.get("state") == "fix" else WARN,
                f"mode {gnss.get('mode')}, {gnss.get('sats_used')} satellites (from the agent)")
 

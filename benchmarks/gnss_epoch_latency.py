@@ -11,7 +11,10 @@ runs, same stream, same machine, one after the other:
 - quiet gap: learning off (``learn_cycle=False``), the previous behaviour:
   an epoch goes out when the line has been quiet for ``quiet_flush_ms``;
 - varying cycle: learning on, but a ZDA after the GLL in one epoch of four
-  makes the cycle unlearnable; the reader falls back to the quiet gap.
+  makes the cycle unlearnable; the reader falls back to the quiet gap;
+- split epoch: learning on, the RMC written 60 ms before the rest of the
+  epoch (a USB or Bluetooth adapter's chunks): the reader must wait for the
+  rest, learn the GLL as the end and release there.
 
 Prints median and p99 per run (the first five epochs, learning, excluded).
 
@@ -55,7 +58,8 @@ def epoch_lines(i: int, rate: int, zda_every: int | None) -> list[bytes]:
     return [sentence(body).encode() for body in bodies]
 
 
-def run(name: str, *, learn: bool, zda_every: int | None, epochs: int, rate: int, quiet_ms: int) -> list[float]:
+def run(name: str, *, learn: bool, zda_every: int | None, epochs: int, rate: int, quiet_ms: int,
+        split_s: float = 0.0) -> list[float]:
     arrived: dict[int, float] = {}
     lock = threading.Lock()
 
@@ -81,9 +85,9 @@ def run(name: str, *, learn: bool, zda_every: int | None, epochs: int, rate: int
             if delay > 0:
                 time.sleep(delay)
             lines = epoch_lines(i, rate, zda_every)
-            for line in lines[:-1]:
+            for n, line in enumerate(lines[:-1]):
                 device.write(line)
-                time.sleep(len(line) / BAUD_BYTES_PER_S)  # the line's own pace
+                time.sleep(len(line) / BAUD_BYTES_PER_S + (split_s if n == 0 else 0))  # the line's own pace
             device.write(lines[-1])
             written[round(12 * 3_600_000 + i * 1000 / rate)] = time.monotonic()
         time.sleep(0.5)
@@ -115,6 +119,8 @@ def main() -> None:
     quiet = run("quiet gap", learn=False, zda_every=None, epochs=args.epochs, rate=args.rate,
                 quiet_ms=args.quiet_ms)
     run("varying cycle", learn=True, zda_every=4, epochs=args.epochs, rate=args.rate, quiet_ms=args.quiet_ms)
+    run("split epoch", learn=True, zda_every=None, epochs=args.epochs, rate=args.rate, quiet_ms=args.quiet_ms,
+        split_s=0.06)
     print(f"ratio learnt / quiet gap: median {statistics.median(learnt) / statistics.median(quiet):.3f}, "
           f"p99 {percentile(learnt, 99) / percentile(quiet, 99):.3f}")
 

@@ -47,7 +47,7 @@ def test_stream_without_rmc_takes_the_date_from_zda_and_rolls_over_midnight() ->
 
 def test_gns_marked_not_valid_for_navigation_gives_way_to_gll_and_speed_comes_from_vtg() -> None:
     """The GNS's NMEA 4.1 navigation status is V: gpsd ignores the sentence, its altitude with it (2D from the
-    GLL, as gpsd 3.22 says on this very file)."""
+    GLL, as gpsd 3.22 and 3.27 say on this very file)."""
     fixes, _ = decode("gns_gll_vtg.nmea")
     assert [f["mode"] for f in fixes] == [2, 2]
     assert fixes[0]["alt_msl"] is None and fixes[1]["alt_msl"] is None

@@ -144,8 +144,10 @@ def test_missing_device_at_start_is_retried_until_it_appears(tmp_path: Path) -> 
         device = PtyGnss(path)
         try:
             deadline = time.monotonic() + 5
+            second = 0
             while not rec.fixes and time.monotonic() < deadline:
-                device.write(epoch(_seconds(0)))
+                device.write(epoch(_seconds(second)))  # a receiver's epochs, until the reader has the port open
+                second += 1
                 time.sleep(0.1)
             assert rec.fixes and rec.fixes[0].has_position
         finally:
@@ -220,3 +222,39 @@ def gnss_pty_reader_slow_quiet(gnss_pty: PtyGnss) -> Iterator[tuple[GnssReader, 
     recorder.wait(lambda: reader.opens >= 1)
     yield reader, recorder
     reader.stop()
+
+
+def test_a_receiver_repeating_one_old_epoch_is_time_frozen_then_no_time(
+        gnss_pty: PtyGnss, timing: tuple[GnssReader, Recorder]) -> None:
+    """A hung receiver (or adapter) that keeps sending its last epoch: not a cold start waiting for time."""
+    reader, rec = timing
+    for i in range(3):
+        gnss_pty.write(epoch(_seconds(i)))
+        time.sleep(0.3)
+    rec.wait(lambda: len(rec.fixes) >= 3)
+    details: list[str] = []
+    deadline = time.monotonic() + 6
+    while GnssState.NO_TIME not in rec.states and time.monotonic() < deadline:
+        gnss_pty.write(epoch(_seconds(2)))  # the same epoch, again and again
+        time.sleep(0.2)
+        if reader.state is GnssState.TIME_FROZEN:
+            details.append(reader.state_detail)
+    assert rec.states[-2:] == [GnssState.TIME_FROZEN, GnssState.NO_TIME], rec.states
+    assert GnssState.WAITING_FOR_TIME not in rec.states
+    assert details and "repeats its epoch of 2026-03-25T12:00:02.000Z" in details[0]
+    assert "repeats its epoch of 2026-03-25T12:00:02.000Z" in reader.state_detail
+    assert "has not advanced" in reader.state_detail
+    assert len(rec.fixes) == 3  # the repeats are never new fixes
+
+
+def test_a_receiver_frozen_from_the_start_is_time_frozen(
+        gnss_pty: PtyGnss, timing: tuple[GnssReader, Recorder]) -> None:
+    """Frozen at 10 Hz from power-up: the one epoch never completes (its time never changes)."""
+    reader, rec = timing
+    deadline = time.monotonic() + 4
+    while reader.state is not GnssState.TIME_FROZEN and time.monotonic() < deadline:
+        gnss_pty.write(epoch(_seconds(7)))
+        time.sleep(0.1)
+    assert reader.state is GnssState.TIME_FROZEN, rec.states
+    assert "repeats its epoch of 12:00:07.000 UTC" in reader.state_detail
+    assert reader.decoder.pending_sentences <= 64

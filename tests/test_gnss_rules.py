@@ -33,12 +33,32 @@ def by_time(fixes: list[dict[str, object]]) -> dict[str, dict[str, object]]:
     return {str(f["time"])[11:23]: f for f in fixes}
 
 
-def test_no_satellites_used_is_no_fix_whatever_the_quality() -> None:
+def test_a_gga_with_no_satellites_used_after_the_rmc_withdraws_the_fix() -> None:
     fixes = by_time(decode("zero_sats.nmea", date(2025, 3, 2))[0])
     assert fixes["08:15:00.000"]["mode"] == 3  # 9 satellites: the fix
     for moment in ("08:15:01.000", "08:15:02.000", "08:15:03.000"):  # quality 1, 1 and 6 (DR) with 00 used
-        assert fixes[moment]["mode"] == 1
+        assert fixes[moment]["mode"] == 1, moment
         assert fixes[moment]["lat"] is None and fixes[moment]["lon"] is None
+        assert fixes[moment]["no_fix_reason"] == "no satellites used"
+    assert fixes["08:15:04.000"]["mode"] == 3
+
+
+def test_the_last_word_of_the_epoch_stands_as_in_gpsd() -> None:
+    """The same sentences the other way round: the RMC, later, states the fix again (gpsd 3.22 and 3.27 both
+    report a 3D fix for these epochs); and one or two satellites used is no fix only when no later sentence
+    says otherwise."""
+    p = "4404.1237,N,01213.8476,E"
+    decoder = NmeaDecoder(default_day=date(2025, 3, 2))
+    text = ""
+    for second, sats in ((0, 9), (1, 0), (2, 2)):
+        text += sentence(f"GPGGA,08150{second}.00,{p},1,{sats:02d},0.9,120.4,M,45.1,M,,")
+        text += sentence(f"GPRMC,08150{second}.00,A,{p},0.05,12.0,020325,,,A")
+    fixes = decoder.feed(text.encode()) + decoder.flush()
+    assert [f.mode for f in fixes] == [3, 3, 3]
+    decoder = NmeaDecoder(default_day=date(2025, 3, 2))
+    text = sentence(f"GPRMC,081503.00,A,{p},0.05,12.0,020325,,,A") + sentence(f"GPGGA,081503.00,{p},1,02,0.9,,M,,M,,")
+    fixes = decoder.feed(text.encode()) + decoder.flush()
+    assert [f.mode for f in fixes] == [1] and fixes[0].no_fix_reason == "2 satellites used"
 
 
 def test_a_simulated_fix_is_never_a_position() -> None:
@@ -51,10 +71,36 @@ def test_a_simulated_fix_is_never_a_position() -> None:
 
 def test_status_v_or_mode_n_beside_coordinates_is_no_fix() -> None:
     fixes = by_time(decode("status_v_position.nmea", date(2025, 3, 2))[0])
-    # GGA quality 1 + RMC V; GGA 1 + GLL V; GGA quality 0 with coordinates + RMC A; RMC A with mode N
-    for moment in ("10:15:00.000", "10:15:01.000", "10:15:02.000", "10:15:03.000"):
+    # GGA quality 1, then RMC V; GGA 1, then GLL V: the later sentence says no fix, as in gpsd
+    for moment in ("10:15:00.000", "10:15:01.000"):
         assert fixes[moment]["mode"] == 1 and fixes[moment]["lat"] is None, moment
+    # GGA quality 0 with coordinates, then RMC A: this receiver's cycle ends at its GGA (learnt from the two
+    # epochs before), where gpsd reports and we stop: no fix (gpsd reports none with this time either)
+    assert fixes["10:15:02.000"]["mode"] == 1 and fixes["10:15:02.000"]["lat"] is None
+    # RMC A with mode indicator N (data not valid): no fix, where gpsd reports one
+    assert fixes["10:15:03.000"]["mode"] == 1 and fixes["10:15:03.000"]["lat"] is None
     assert fixes["10:15:04.000"]["mode"] == 3 and fixes["10:15:04.000"]["lat"] == pytest.approx(44.068728333)
+
+
+def test_an_rmc_status_other_than_a_is_no_fix() -> None:
+    """NMEA's RMC status is A or V; gpsd takes a D (or anything else) as not valid."""
+    decoder = NmeaDecoder(default_day=date(2025, 3, 2))
+    fixes = decoder.feed(sentence("GPRMC,101500.00,D,4404.1237,N,01213.8476,E,0.0,0.0,020325,,,D").encode())
+    fixes += decoder.flush()
+    assert len(fixes) == 1 and fixes[0].mode == 1 and fixes[0].lat is None
+
+
+def test_a_garmin_pgrmz_states_the_dimension() -> None:
+    """A Garmin sends its fix dimension in PGRMZ: 3D although the GGA (3 satellites, no altitude) alone says 2D."""
+    p = "4404.1237,N,01213.8476,E"
+    decoder = NmeaDecoder(default_day=date(2025, 3, 2))
+    text = ""
+    for second, dimension in ((0, 3), (1, 3), (2, 2)):
+        text += sentence(f"GPRMC,10150{second},A,{p},0.0,0.0,020325,,,A")
+        text += sentence(f"GPGGA,10150{second},{p},1,03,1.2,,,47.0,M,,")
+        text += sentence("GPGSA,A,2,01,03,06,,,,,,,,,,2.1,1.2,1.7") + sentence(f"PGRMZ,,f,{dimension}")
+    fixes = decoder.feed(text.encode()) + decoder.flush()
+    assert [f.mode for f in fixes] == [3, 3, 2]
 
 
 def test_two_digit_years_take_the_century_nearest_the_clock() -> None:

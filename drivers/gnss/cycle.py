@@ -16,6 +16,13 @@ of waiting for the line to go quiet. Ours differs where gpsd jitters:
   earlier one. An epoch that ends with another sentence breaks the run.
   Epochs without a fix do not teach: receivers leave sentences out while
   they have no fix, and a no-fix epoch can wait for the next time.
+- A quiet line is not proof that an epoch is over: a USB or Bluetooth
+  adapter delivers bytes in chunks, and some receivers send their GGA tens
+  of ms after their RMC. An epoch closed by a quiet line teaches only when
+  the next epoch begins; a sentence of it that arrives in between (a
+  *split*, counted in ``splits``) was its real last sentence, and is what it
+  teaches. The reader widens its quiet gap on a split, and waits for a
+  generous one while the cycle is being learnt (``settling``).
 - When a sentence of the same epoch comes after the ender fired (a ZDA every
   fifth epoch after the RMC, a fifth GSA when there were four), the ender was
   wrong: it is forgotten and that key needs four times as many epochs in a row
@@ -37,8 +44,9 @@ Key = tuple[str, int]
 
 
 class CycleLearner:
-    __slots__ = ("_candidate", "_first", "_first_candidate", "_first_streak", "_last", "_rank", "_streak",
-                 "_strikes", "enabled", "ender", "just_emitted", "starter", "violations")
+    __slots__ = ("_candidate", "_first", "_first_candidate", "_first_streak", "_last", "_provisional", "_rank",
+                 "_split", "_streak", "_strikes", "_taught", "enabled", "ender", "just_emitted", "splits", "starter",
+                 "violations")
 
     def __init__(self) -> None:
         self._rank: dict[str, int] = {}
@@ -54,9 +62,22 @@ class CycleLearner:
         self.just_emitted = False  # the last epoch went out on its ender; no new epoch has started yet
         self.violations = 0
         self.enabled = True
+        self._provisional: tuple[Key | None, Key | None, bool] | None = None  # closed by a quiet line: first, last, fix
+        self._split = False  # the provisional epoch had a late sentence (counted once)
+        self._taught = 0  # fix epochs learnt from
+        self.splits = 0  # sentences that came after a quiet line had closed their epoch
+
+    @property
+    def settling(self) -> bool:
+        """Still learning how this receiver's epochs end (fewer than ``CONFIRM`` fix epochs seen)."""
+        return self.ender is None and self._taught < CONFIRM
 
     def observe(self, obs: Observation) -> bool:
         """One sentence of the open epoch; True if it is the learnt ender."""
+        if self._provisional is not None:
+            first, last, fix = self._provisional
+            self._provisional, self._rank = None, {}
+            self._teach(first, last, fix)
         address = obs.talker + obs.kind
         rank = self._rank.get(address, 0) + 1
         self._rank[address] = rank
@@ -71,14 +92,38 @@ class CycleLearner:
         """Is this sentence the learnt first one of a cycle (a GSA sent before the timed sentences)?"""
         return self.starter is not None and self.starter == (obs.talker + obs.kind, 1)
 
-    def closed(self, *, by_ender: bool, fix: bool) -> None:
-        """The epoch was emitted: learn from how it ended (only fix epochs teach: without a fix many receivers
-        leave sentences out, and a no-fix epoch can wait for the next time)."""
+    def closed(self, how: str, *, fix: bool) -> None:
+        """The epoch was emitted, ``how``: "time", "ender" or "quiet". Learn from how it ended (only fix epochs
+        teach: without a fix many receivers leave sentences out, and a no-fix epoch can wait for the next
+        time); an epoch closed by a quiet line teaches when the next one begins (:meth:`late`)."""
         key, first, self._last, self._first = self._last, self._first, None, None
+        self.just_emitted = how == "ender"
+        if how == "quiet":
+            self._provisional = (first, key, fix)  # the ranks stay: a late sentence continues them
+            self._split = False
+            return
         self._rank = {}
-        self.just_emitted = by_ender
+        self._teach(first, key, fix)
+
+    def late(self, obs: Observation) -> None:
+        """A sentence of the epoch just emitted. After a quiet line: the epoch was split, and this sentence is
+        its last so far. After the ender: the ender was wrong."""
+        if self._provisional is not None:
+            address = obs.talker + obs.kind
+            rank = self._rank.get(address, 0) + 1
+            self._rank[address] = rank
+            first, _, fix = self._provisional
+            self._provisional = (first, (address, rank), fix)
+            if not self._split:
+                self._split = True
+                self.splits += 1
+        else:
+            self.violated()
+
+    def _teach(self, first: Key | None, key: Key | None, fix: bool) -> None:
         if key is None or not fix:
             return
+        self._taught += 1
         if first == self._first_candidate:
             self._first_streak += 1
         else:

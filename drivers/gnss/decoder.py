@@ -29,6 +29,7 @@ class DecoderCounters:
     late: int = 0  # sentences of an epoch already emitted, dropped
     held_dropped: int = 0  # sentences dropped from the bounded buffer (no time yet, or a time that never moves)
     cycle_violations: int = 0  # times a learnt end of cycle proved wrong
+    split_epochs: int = 0  # sentences that came after a quiet line had closed their epoch
     ended_by_time: int = 0  # epochs ended by the next epoch's time
     ended_by_ender: int = 0  # ... by the learnt last sentence of the cycle
     ended_by_quiet: int = 0  # ... by a quiet line (or the end of the stream)
@@ -59,6 +60,7 @@ class NmeaDecoder:
         counts.late = self._epochs.late
         counts.held_dropped = self._epochs.held_dropped
         counts.cycle_violations = self._epochs.cycle.violations
+        counts.split_epochs = self._epochs.cycle.splits
         ended = self._epochs.ended
         counts.ended_by_time, counts.ended_by_ender = ended["time"], ended["ender"]
         counts.ended_by_quiet = ended["quiet"]
@@ -83,9 +85,36 @@ class NmeaDecoder:
     def cycle_learnt(self) -> bool:
         return self._epochs.cycle.ender is not None
 
+    @property
+    def cycle_settling(self) -> bool:
+        """Still learning how this receiver's epochs end: a quiet line is weak evidence of an epoch's end."""
+        return self._epochs.cycle.settling
+
+    @property
+    def late(self) -> int:
+        """Sentences of an epoch already emitted (cheaper than ``counters``)."""
+        return self._epochs.late
+
+    @property
+    def pending_tod_ms(self) -> int | None:
+        """The time of day (ms) of the open epoch, if one is open."""
+        return self._epochs.pending_tod_ms
+
+    @property
+    def epoch_period_s(self) -> float | None:
+        """The time between the receiver's last two epochs (its rate), if known."""
+        period = self._epochs.period_ms
+        return None if period is None else period / 1000
+
+    @property
+    def split_epochs(self) -> int:
+        """Sentences that arrived after a quiet line had closed their epoch (cheaper than ``counters``)."""
+        return self._epochs.cycle.splits
+
     def forget_cycle(self) -> None:
-        """A new stream: learn the receiver's cycle again."""
+        """A new stream: learn the receiver's cycle again, and forget what the last one said of its mode."""
         self._epochs.cycle.forget()
+        self._epochs.model.reset()
 
     def feed(self, data: bytes) -> list[Fix]:
         return self._lines(self._framer.feed(data))

@@ -10,15 +10,31 @@ Each turn of its loop waits at most 0.25 s.
 An epoch goes out as soon as the sentence that closes the receiver's cycle
 arrives, once that sentence is learnt (drivers/gnss/cycle.py); until then,
 and for receivers whose cycle varies, it goes out when the line has been
-quiet for ``gnss.quiet_flush_ms``. With a learnt cycle an epoch whose ender
-is late waits a little longer (``_LEARNT_QUIET_FACTOR`` times the gap,
-0.25 s at most) before the quiet line closes it: the next epoch's time
-closes it in any case.
+quiet for a while. How long:
+
+- while the cycle is being learnt (the first fix epochs of a stream), a
+  generous ``_SETTLING_QUIET_S``, or half the receiver's period if that is
+  shorter: a USB or Bluetooth adapter delivers an epoch in chunks, a
+  receiver may send its GGA well after its RMC, and an epoch cut short there
+  would teach the wrong end of cycle and go out without the sentence that
+  says its fix is stale. (Half a period, not the next epoch's time: an epoch
+  closed by the next one's time would go out moments before that one, once
+  the cycle is learnt, and two fixes so close together look like one to
+  whoever rate-limits them.)
+- afterwards, for a receiver whose cycle cannot be learnt,
+  ``gnss.quiet_flush_ms``, doubled (up to ``_MAX_QUIET_S``) each time a
+  sentence arrives for an epoch a quiet line had already closed;
+- with a learnt cycle, an epoch whose ender is late waits
+  ``_LEARNT_QUIET_FACTOR`` times that gap (0.25 s at most) before the quiet
+  line closes it. The next epoch's time closes it in any case.
 
 A cold start without time is a state: sentences arrive but none carries a
-date and time (``waiting_for_time``); after ``gnss.no_time_after_s`` it is
-``no_time``, which the core reports as a fault. The sentences held meanwhile
-are bounded (the decoder counts the ones it drops).
+date and time (``waiting_for_time``). A receiver that keeps sending one old
+epoch (its time frozen: a hung firmware, a replaying adapter) is another:
+``time_frozen``, with the time it repeats. After ``gnss.no_time_after_s``
+either is ``no_time``, which the core reports as a fault, its detail saying
+which. The sentences held meanwhile are bounded (the decoder counts the ones
+it drops).
 
 The device may vanish at any moment (a USB receiver knocked out by a knee):
 the reader reports it, closes the port and reopens it with exponential
@@ -46,6 +62,8 @@ log = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 0.25  # how often the thread looks at its clock when the line is silent
 _LEARNT_QUIET_FACTOR = 5  # with a learnt cycle, a missing ender waits this many quiet gaps
+_SETTLING_QUIET_S = 0.25  # the quiet gap while the cycle is being learnt
+_MAX_QUIET_S = 0.5  # widened on split epochs up to this: beyond it, the next epoch's time closes the epoch
 _TIME_GRACE_S = 3.0  # sentences but no timed epoch for this long (a few cycles) mean waiting for time
 
 
@@ -55,7 +73,8 @@ class GnssState(StrEnum):
     NO_DATA = "no_data"  # open, but silent
     NO_NMEA = "no_nmea"  # bytes, but no valid sentence: usually the wrong baud rate
     WAITING_FOR_TIME = "waiting_for_time"  # sentences, but none carries a date and time (cold start)
-    NO_TIME = "no_time"  # ... for longer than gnss.no_time_after_s: a fault
+    TIME_FROZEN = "time_frozen"  # sentences, but the receiver repeats one epoch: its time does not advance
+    NO_TIME = "no_time"  # either, for longer than gnss.no_time_after_s: a fault
     NO_FIX = "no_fix"  # sentences with a time, but the receiver has no position
     FIX = "fix"
 
@@ -114,6 +133,8 @@ class GnssReader:
         self.last_fix: Fix | None = None
         self.last_fix_at: float | None = None  # monotonic
         self._time_at = 0.0  # monotonic: port opened, or the last epoch with a time or a position
+        self._late_mark = 0  # the decoder's late count at the last epoch with a time
+        self._last_time: str | None = None  # that epoch's time
         self._time_grace_s = min(_TIME_GRACE_S, cfg.no_time_after_s / 2)
 
     # --- lifecycle ----------------------------------------------------------
@@ -176,18 +197,25 @@ class GnssReader:
         now = self._clock()
         last_bytes = last_sentence = opened = self._time_at = now
         quiet_s = self._cfg.quiet_flush_ms / 1000
-        learnt_quiet_s = min(_IDLE_WAIT_S, quiet_s * _LEARNT_QUIET_FACTOR)
         fileno = _fileno(port)
         decoder = self.decoder
+        splits = decoder.split_epochs
         while not self._stop.is_set():
             self._beat()
-            wait = (learnt_quiet_s if decoder.cycle_learnt else quiet_s) if decoder.epoch_pending else _IDLE_WAIT_S
+            wait = self._quiet_gap(quiet_s) if decoder.epoch_pending else _IDLE_WAIT_S
             data = _read_available(port, fileno, wait)
             now = self._clock()
             if data:
-                last_bytes = now
                 before = decoder.sentences
                 self._deliver(decoder.feed(data))
+                if decoder.split_epochs != splits:  # the line was quiet, but the epoch was not over
+                    splits = decoder.split_epochs
+                    wider = min(_MAX_QUIET_S, max(2 * quiet_s, 1.5 * (now - last_bytes)))
+                    if wider > quiet_s and now - last_bytes < _MAX_QUIET_S:  # (longer: a repeat, not a split)
+                        log.info("GNSS epochs arrive in bursts %.0f ms apart: waiting up to %.0f ms for the rest",
+                                 1000 * (now - last_bytes), 1000 * wider)
+                        quiet_s = wider
+                last_bytes = now
                 if decoder.sentences != before:
                     if now - last_sentence > self._time_grace_s:
                         self._time_at = max(self._time_at, now)  # talking again after a silence: a new start
@@ -195,6 +223,15 @@ class GnssReader:
             elif decoder.epoch_pending:
                 self._deliver(decoder.flush())  # the line went quiet: the epoch is complete
             self._check_silence(now, max(last_bytes, opened), max(last_sentence, opened))
+
+    def _quiet_gap(self, quiet_s: float) -> float:
+        """How long a quiet line must last to close the open epoch."""
+        if self.decoder.cycle_learnt:
+            return max(quiet_s, min(_IDLE_WAIT_S, quiet_s * _LEARNT_QUIET_FACTOR))
+        if self.decoder.cycle_settling:
+            period = self.decoder.epoch_period_s
+            return max(quiet_s, _SETTLING_QUIET_S if period is None else min(_SETTLING_QUIET_S, period / 2))
+        return quiet_s
 
     def _check_silence(self, now: float, last_bytes: float, last_sentence: float) -> None:
         if now - last_bytes > self._cfg.no_data_after_s:
@@ -210,15 +247,33 @@ class GnssReader:
 
     def _no_time(self, now: float) -> None:
         waited = now - self._time_at
-        if waited >= self._cfg.no_time_after_s:
+        frozen = self._frozen_at()
+        if frozen is not None:
+            detail = f"the receiver repeats its epoch of {frozen}: its time has not advanced for {waited:.0f} s"
+            self._set_state(GnssState.NO_TIME if waited >= self._cfg.no_time_after_s else GnssState.TIME_FROZEN,
+                            detail)
+        elif waited >= self._cfg.no_time_after_s:
             self._set_state(GnssState.NO_TIME, f"no date and time from the receiver for {waited:.0f} s")
         else:
             self._set_state(GnssState.WAITING_FOR_TIME, "sentences without a date and time (cold start?)",
                             level=logging.INFO)
 
+    def _frozen_at(self) -> str | None:
+        """The time a frozen receiver repeats: sentences keep coming for the epoch that went out last, or for
+        one that never completes because its time never changes."""
+        if self._last_time is not None and self.decoder.late > self._late_mark:
+            return self._last_time
+        tod = self.decoder.pending_tod_ms
+        if tod is not None:
+            seconds = tod // 1000
+            return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}.{tod % 1000:03d} UTC"
+        return None
+
     def _deliver(self, fixes: list[Fix]) -> None:
         for fix in fixes:
             now = self._clock()
+            if fix.time_ms is not None:
+                self._late_mark, self._last_time = self.decoder.late, fix.time_iso
             if fix.has_position:
                 self.last_fix, self.last_fix_at = fix, now
                 self._time_at = now

@@ -8,11 +8,13 @@ report 0,0 for a status-V RMC (PITFALLS.md), and Python's ``float()`` takes
 ``nan``, ``inf``, ``1e999`` and ``1_0``.
 
 Any talker is accepted (GP, GN, GL, GA, GB, BD, GQ, QZ...). RMC, GGA, GNS,
-GLL, GSA, VTG and ZDA are decoded; other sentences with a good checksum
-(GSV, GST, GBS, TXT, proprietary) are accepted and skipped.
+GLL, GSA, VTG, ZDA and Garmin's PGRMZ are decoded; other sentences with a
+good checksum (GSV, GST, GBS, TXT, other proprietary ones) are accepted and
+skipped.
 
-Rules applied here, per sentence (gpsd 3.22's drivers/driver_nmea0183.c read
-for each; where we differ it is said):
+Rules applied here, per sentence (gpsd 3.27's drivers/driver_nmea0183.c read
+for each; where we differ it is said). What a sentence's statement means for
+the epoch, in the order received, is :mod:`drivers.gnss.verdict`'s:
 
 - Numbers: a numeric field is digits with an optional sign and decimal point,
   nothing else. NaN, Infinity, exponents or garbage in ANY numeric field,
@@ -25,25 +27,35 @@ for each; where we differ it is said):
   a ZDA year outside 1900..2200 is invalid (gpsd's bounds: year 9999 is
   refused). The century of a two-digit year is resolved in ``epoch.py``.
 - What states a fix (``fix`` True), with coordinates present:
-  RMC status A or D with a mode indicator other than N; GGA quality 1..7 or
+  RMC status A with a mode indicator other than N (gpsd takes only A: D or
+  anything else is no fix); GGA quality 1..7 or
   9 (1 GPS, 2 DGPS, 3 PPS, 4 RTK, 5 float RTK, 6 estimated, 7 manual, 9 SBAS);
   GNS whose first mode character is not N (gpsd looks at the first only) and
   whose NMEA 4.1 navigation status is not U or V; GLL status A with a mode
   other than N.
-- What states no fix (``fix`` False): RMC status V or mode N; GGA quality 0;
-  GNS mode N; GLL status V or mode N. An empty GGA quality and a GNS with
-  navigation status U/V state nothing (``fix`` None), as gpsd ignores them.
+- What states no fix (``fix`` False): RMC status other than A, or mode N;
+  GGA quality 0; GNS mode N; GLL status V or mode N. An empty GGA quality
+  (``fix`` None) is read as no fix by the verdict; a GNS with navigation
+  status U/V states nothing (``fix`` None), as gpsd ignores it.
+- ``alt_seen``: a GGA or GNS with coordinates and an altitude, whatever its
+  quality: gpsd keeps that altitude, and it decides whether a later RMC or
+  GLL of the epoch is 3D.
+- ``unsure_cycle``: an RMC not valid without time or date, a GGA of quality 0
+  without time (a Quectel's ``$GPRMC,,V,...``): gpsd stops trusting its end
+  of cycle and reports after every sentence (verdict.py).
+- PGRMZ (Garmin): altitude in feet and the fix dimension (1, 2 or 3), a mode
+  statement as gpsd reads it.
 - Simulated (``simulated`` True): GGA quality 8, mode indicator S in RMC, GLL,
   GNS (any system) or VTG. gpsd reports these as fixes flagged status 8 (or
   not flagged at all for GNS); we never turn them into a position.
 - The NMEA 4.1 RMC navigation status (u-blox sends V beside a valid fix) is
   not a fix statement, as in gpsd.
-- RMC date and time count only when the RMC states a valid status (A/D):
+- RMC date and time count only when the RMC states a valid status (A):
   MTK and Royaltek receivers send bogus dates such as 060180 with status V
   (gpsd's comment in processRMC). The time of day still separates epochs.
 - GSA: mode 1/2/3; ``E`` (u-blox Antaris dead reckoning) or empty states no
   mode, as in gpsd. A GSA with fewer than 17 fields is ignored (gpsd's
-  minimum). The number of PRNs listed is kept.
+  minimum). The PRNs listed are kept.
 - Coordinates of exactly 0,0 are never a position, whatever the status.
 """
 
@@ -60,8 +72,8 @@ _SHAPE = re.compile(r"\$([A-Z][A-Z0-9]{4,5}),[\x20-\x7e]*\*[0-9A-Fa-f]{2}")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)")
 _UNSIGNED = re.compile(r"\d+\.?\d*|\.\d+")
 _DIGITS = re.compile(r"\d+")
-DECODED = frozenset({"RMC", "GGA", "GNS", "GLL", "GSA", "VTG", "ZDA"})
-_MIN_FIELDS = {"RMC": 7, "GGA": 12, "GNS": 12, "GLL": 6, "GSA": 2, "VTG": 4, "ZDA": 3}  # gpsd's minimums
+DECODED = frozenset({"RMC", "GGA", "GNS", "GLL", "GSA", "VTG", "ZDA", "PGRMZ"})
+_MIN_FIELDS = {"RMC": 7, "GGA": 12, "GNS": 12, "GLL": 6, "GSA": 2, "VTG": 4, "ZDA": 3, "PGRMZ": 3}  # gpsd's minimums
 _FIX_QUALITIES = frozenset({1, 2, 3, 4, 5, 6, 7, 9})
 _PAD = [""] * 20
 _PRN_LIST = re.compile(r"(?:\d{0,3},)*\d{0,3}")
@@ -94,8 +106,10 @@ class Observation:
     quality: int | None = None
     sats_used: int | None = None
     hdop: float | None = None
-    gsa_mode: int | None = None
-    gsa_prns: int = 0
+    alt_seen: bool = False  # coordinates and an altitude, whatever the fix says (gpsd keeps that altitude)
+    gsa_mode: int | None = None  # the dimension a GSA (or a Garmin PGRMZ) states
+    unsure_cycle: bool = False  # an RMC V or GGA 0 without time or date: gpsd stops trusting its cycle end
+    gsa_prns: tuple[int, ...] = ()  # the satellites a GSA lists as used
 
 
 def xor_bytes(data: bytes) -> int:
@@ -131,7 +145,7 @@ def parse_line(line: str) -> Observation | None:
     if xor_bytes(body.encode("ascii")) != int(line[-2:], 16):
         raise ChecksumMismatch("checksum does not match")
     address = shape.group(1)
-    kind = address[2:] if len(address) == 5 and address[0] != "P" else ""
+    kind = address[2:] if len(address) == 5 and address[0] != "P" else address
     if kind not in DECODED:
         return None  # accepted, nothing we use (GSV, GST, TXT, proprietary...)
     data = body[len(address) + 1 :].split(",")
@@ -244,7 +258,8 @@ def _rmc(data: list[str], count: int) -> Observation:
     lat, lon = _position(data, 2)
     _speed_course(obs, data[6], data[7])
     _check(data, (9,), 0, 180)  # magnetic variation
-    obs.fix = status in ("A", "D") and mode != "N"
+    obs.fix = status == "A" and mode != "N"
+    obs.unsure_cycle = status != "A" and not (data[0] and data[8])
     if obs.fix:
         obs.ddmmyy = _ddmmyy(data[8])  # with status V the date is not read at all (060180...)
         obs.lat, obs.lon = lat, lon
@@ -264,6 +279,8 @@ def _gga(data: list[str], count: int) -> Observation:
     _check(data, (12, 13), 0, 100_000)  # age of differential corrections, reference station
     if quality is not None:
         obs.fix = quality in _FIX_QUALITIES
+    obs.unsure_cycle = quality == 0 and not data[0]
+    obs.alt_seen = lat is not None and alt is not None
     if obs.fix:
         obs.lat, obs.lon, obs.alt_msl = lat, lon, alt
     return obs
@@ -283,6 +300,7 @@ def _gns(data: list[str], count: int) -> Observation:
     elif data[12] not in ("U", "V"):
         obs.fix = True
         obs.lat, obs.lon, obs.alt_msl = lat, lon, alt
+        obs.alt_seen = lat is not None and alt is not None
     return obs
 
 
@@ -308,7 +326,7 @@ def _gsa(data: list[str], count: int) -> Observation:
     prns = data[2:dop_at]
     if _PRN_LIST.fullmatch(",".join(prns)) is None:
         raise ValueError("bad PRN")
-    obs.gsa_prns = sum(1 for prn in prns if prn.strip("0"))
+    obs.gsa_prns = tuple(int(prn) for prn in prns if prn.strip("0"))
     dops = [number(data[i], 0, 999) for i in (dop_at, dop_at + 1, dop_at + 2)]
     if standard:
         obs.hdop = dops[1]
@@ -348,6 +366,17 @@ def _zda(data: list[str], count: int) -> Observation:
     return obs
 
 
+def _pgrmz(data: list[str], count: int) -> Observation:
+    """Garmin's altitude (feet) and fix dimension: ``$PGRMZ,1680,f,3``."""
+    obs = Observation("PGRMZ")
+    feet = number(data[0], -3_300, 330_000)
+    if feet is not None and data[1] == "f":
+        obs.alt_seen = True
+    if data[2]:
+        obs.gsa_mode = integer(data[2], 1, 3)
+    return obs
+
+
 _DECODERS = {
     "RMC": _rmc,
     "GGA": _gga,
@@ -356,4 +385,5 @@ _DECODERS = {
     "GSA": _gsa,
     "VTG": _vtg,
     "ZDA": _zda,
+    "PGRMZ": _pgrmz,
 }

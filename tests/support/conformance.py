@@ -9,12 +9,12 @@ Two documented differences are accounted for, never hidden:
   for us (a patrol unit must not place a car from a simulator): such epochs
   are counted apart (``simulated``), and a position from us there is a false
   position;
-- gpsd 3.22 (Debian bookworm, the oracle of the generated fixtures) moves
-  every NMEA date before 2017-01-01 forward by 1024 weeks (timebase.c, its
-  leap-second check with the built-in leap second count); newer gpsd, which
-  produced the shared captures' output, does not. With ``gpsd_322=True`` our
-  epoch at ``t`` also answers for gpsd's ``t + 1024 weeks`` when ``t`` is
-  before 2017.
+- gpsd moves every NMEA date before 2017-01-01 forward by 1024 weeks
+  (timebase.c, its leap-second check with the built-in leap second count),
+  which we do not (epoch.py, rule 6): gpsd 3.27 only for a capture without a
+  ``# Date:`` header (the header marks a regression log), gpsd 3.22 always
+  (``gpsd_322=True``). There our epoch at ``t`` also answers for gpsd's
+  ``t + 1024 weeks``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from drivers.gnss import Fix, NmeaDecoder
 COORD_TOLERANCE = 1e-6
 WEEKS_1024_MS = 619_315_200_000
 _DAY_MS = 86_400_000
-GPSD_322_WKRO_BEFORE_MS = 1_483_228_800_000  # 2017-01-01, gpsd 3.22's leap second 18
+GPSD_WKRO_BEFORE_MS = 1_483_228_800_000  # 2017-01-01, gpsd's leap second 18
 
 
 def capture_date(log: Path) -> date | None:
@@ -55,8 +55,9 @@ def _ms(iso: str) -> int:
     return round(moment.timestamp() * 1000)
 
 
-def gpsd_epochs(chk: Path) -> dict[int, dict[str, object]]:
-    """time (ms) -> gpsd's fix for that epoch (its best TPV)."""
+def gpsd_epochs(chk: Path, verdict: str = "best") -> dict[int, dict[str, object]]:
+    """time (ms) -> gpsd's fix for that epoch: ``best``, its last TPV of the highest mode (the shared
+    captures' README); ``last``, its last TPV of that time."""
     best: dict[int, dict[str, object]] = {}
     for line in chk.read_text(errors="replace").splitlines():
         if '"class":"TPV"' not in line:
@@ -65,9 +66,19 @@ def gpsd_epochs(chk: Path) -> dict[int, dict[str, object]]:
         if "time" not in tpv:
             continue
         key = _ms(tpv["time"])
-        if key not in best or tpv.get("mode", 0) >= best[key].get("mode", 0):
+        if verdict == "last" or key not in best or tpv.get("mode", 0) >= best[key].get("mode", 0):
             best[key] = tpv
     return best
+
+
+def gpsd_release(chk: Path) -> str | None:
+    """The gpsd that wrote ``chk`` (tools/gpsd_oracle.py keeps its VERSION line first), if it says."""
+    with chk.open(errors="replace") as lines:
+        first = lines.readline()
+    if '"class":"VERSION"' not in first:
+        return None
+    release = json.loads(first).get("release")
+    return str(release) if release is not None else None
 
 
 @dataclass
@@ -98,10 +109,13 @@ class Comparison:
         )
 
 
-def compare(log: Path, *, gpsd_322: bool = False, time_of_day: bool = False) -> Comparison:
-    """``time_of_day``: match epochs by time of day only (streams whose dates gpsd 3.22 mangles)."""
-    chk = log.with_name(log.name + ".chk")
-    reference = gpsd_epochs(chk)
+def compare(log: Path, *, chk: Path | None = None, verdict: str = "best", gpsd_322: bool = False,
+            time_of_day: bool = False) -> Comparison:
+    """``chk``: gpsd's output (default ``NAME.chk`` beside the log); ``verdict``: see :func:`gpsd_epochs`;
+    ``time_of_day``: match epochs by time of day only (streams whose dates gpsd mangles)."""
+    chk = chk or log.with_name(log.name + ".chk")
+    reference = gpsd_epochs(chk, verdict)
+    week_rollover = gpsd_322 or capture_date(log) is None
     ours = {f.time_ms: f for f in decode_capture(log) if f.time_ms is not None}
     if time_of_day:
         reference = {when % _DAY_MS: tpv for when, tpv in sorted(reference.items())}
@@ -110,7 +124,7 @@ def compare(log: Path, *, gpsd_322: bool = False, time_of_day: bool = False) -> 
 
     def ours_at(when: int) -> Fix | None:
         fix = ours.get(when)
-        if fix is None and gpsd_322 and when - WEEKS_1024_MS < GPSD_322_WKRO_BEFORE_MS:
+        if fix is None and week_rollover and when - WEEKS_1024_MS < GPSD_WKRO_BEFORE_MS:
             fix = ours.get(when - WEEKS_1024_MS)
         return fix
 
@@ -161,39 +175,36 @@ def _raw_time(kind: str, fields: list[str]) -> str:
 
 def documented_difference(lines: list[str]) -> str | None:
     """Why gpsd may report a fix in this epoch where we (by design) do not, read from the raw sentences
-    alone, without our decoder: a simulator flag, fewer than 3 satellites used, or a sentence saying no fix
-    (status V, mode N, quality 0) beside one saying fix. None: a clean epoch, where we must agree."""
-    sats: dict[str, int] = {}
+    alone, without our decoder: a simulator flag, a GP/GN GGA with fewer than 3 satellites used, or a
+    sentence saying no fix (status not A, mode N, quality 0 or empty) beside one saying fix: there the order
+    of the sentences decides (verdict.py), and where gpsd reports a fix and then withdraws it, or reads a
+    quality-0 GGA's coordinates, we say no fix. None: a clean epoch, where we must agree."""
     no_fix: set[str] = set()
     says_fix: set[str] = set()
+    few_sats = False
     for line in lines:
         kind, f = _raw_fields(line)
         if kind == "GGA":
             if f[5] == "8":
                 return "simulated"
-            if f[5] == "0":
-                no_fix.add(kind)
-            elif f[5]:
-                says_fix.add(kind)
-            if f[6]:
-                sats[line[1:3]] = max(sats.get(line[1:3], 0), int(f[6]))
+            (says_fix if f[5] not in ("", "0") else no_fix).add(kind)
+            if line[1:3] in ("GP", "GN") and int(f[6] or 0) < 3:
+                few_sats = True
         elif kind in ("RMC", "GLL"):
             status, mode = (f[1], f[11]) if kind == "RMC" else (f[5], f[6])
             if mode == "S":
                 return "simulated"
-            (says_fix if status in ("A", "D") and mode != "N" else no_fix).add(kind)
+            (says_fix if status == "A" and mode != "N" else no_fix).add(kind)
         elif kind == "GNS":
             if "S" in f[5]:
                 return "simulated"
             if not f[5] or f[5][0] == "N":
                 no_fix.add(kind)
-            if f[6]:
-                sats[line[1:3]] = max(sats.get(line[1:3], 0), int(f[6]))
         elif kind == "VTG" and f[8] == "S":
             return "simulated"
-    if sats and max(sats.get("GN", 0), sum(v for k, v in sats.items() if k != "GN")) < 3:
+    if few_sats:
         return "fewer than 3 satellites used"
-    if no_fix - says_fix:
+    if no_fix:
         return "a sentence says no fix"
     return None
 
@@ -232,16 +243,12 @@ class Differential:
 
 
 def differential(log: Path) -> Differential:
-    """gpsd 3.22's verdict (``NAME.nmea.chk``, tools/gpsd_oracle.py) against ours, epoch by epoch."""
-    time_of_day = log.stem.startswith("rollover-")
-    base = compare(log, gpsd_322=True, time_of_day=time_of_day)
+    """gpsd's verdict (``NAME.nmea.chk``, tools/gpsd_oracle.py) against ours, epoch by epoch."""
+    base = compare(log)
     result = Differential(log.stem, gpsd_fixes=base.gpsd_fixes, matched=base.matched, mode_agree=base.mode_agree,
                           false_positions=base.false_positions, misses=list(base.misses))
     reference = gpsd_epochs(log.with_name(log.name + ".chk"))
     ours = {f.time_ms: f for f in decode_capture(log) if f.time_ms is not None}
-    if time_of_day:
-        reference = {when % _DAY_MS: tpv for when, tpv in sorted(reference.items())}
-        ours = {when % _DAY_MS: fix for when, fix in ours.items()}
     raw = raw_epochs(log)
     for when, tpv in reference.items():
         if int(tpv.get("mode", 0)) < 2 or tpv.get("status") == 8:  # type: ignore[call-overload]
@@ -249,7 +256,10 @@ def differential(log: Path) -> Differential:
         fix = ours.get(when) or ours.get(when - WEEKS_1024_MS)
         if fix is not None and fix.simulated:
             continue
-        reason = documented_difference(raw.get(when % _DAY_MS, []))
+        if fix is None and when + _DAY_MS in ours:
+            reason: str | None = "gpsd keeps the old date after midnight"
+        else:
+            reason = documented_difference(raw.get(when % _DAY_MS, []))
         if reason is None:
             result.clean += 1
             if fix is not None and fix.has_position:
