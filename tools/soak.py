@@ -22,14 +22,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import faults  # noqa: E402
+from tests.support import faults, storage_faults  # noqa: E402
 
 PLAN: list[tuple[Callable[[Path, int], faults.Outcome], int]] = [
     (faults.kill9, 100),
     (faults.broker_restarts, 20),
     (faults.half_open, 20),
     (faults.reset_and_delay, 10),
-    (faults.disk_full, 3),
+    (storage_faults.disk_full, 3),
+    (storage_faults.read_only, 3),
     (faults.corrupt_database, 5),
     (faults.unplug, 20),
     (faults.garbage, 50),
