@@ -18,8 +18,9 @@ Where a message is, and what each kind of failure loses:
   log (:mod:`agent.window_log`, no fsync: a kill -9 loses at most one
   window), fsynced at most ``outbox.sync_window_s`` apart (a power cut
   loses at most that), and moved into the database in one transaction
-  every ``BATCH_S`` or ``BATCH_ROWS``. Offline at one position a second the
-  card takes ~1 MB an hour instead of ~33 (``benchmarks/disk_writes.py``);
+  every ``BATCH_S`` or ``BATCH_ROWS`` (small pages, a rollback journal).
+  Offline at one position a second the card takes about 2 MB an hour
+  where one commit per window took 34 (``benchmarks/disk_writes.py``);
 - a storage error (full, read-only, failing card) is a fault, never an
   exception: alerts stay in RAM and are published, telemetry stays in RAM
   up to ``outbox.ram_ring`` messages (beyond, the oldest is dropped and
@@ -31,7 +32,8 @@ oldest telemetry is evicted, never an alert, and counted (persistently).
 Rows read back from disk are checked (:class:`agent.rows.RowCheck`): one
 this vehicle could not have produced is dropped and reported
 (``outbox_rejected``), never published. Acknowledged rows are deleted with
-``secure_delete`` and the WAL is emptied at each checkpoint.
+``secure_delete``; the telemetry database's journal is emptied at each
+commit, the alerts' WAL at each checkpoint (it stays under 64 KiB).
 """
 
 from __future__ import annotations

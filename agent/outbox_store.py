@@ -37,9 +37,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PAGE = 200  # rows read ahead per query: small, so the core thread is never busy for long
-PAGE_SIZE = 4096
-BATCH_S = 300.0  # telemetry in the window log moves into the database this often ...
-BATCH_ROWS = 500  # ... or at this many rows
+PAGE_SIZE = 1024  # a batch rewrites only the partly filled pages it ends on: small pages, less rewritten
+TELEMETRY_WAL = False  # a rollback journal: appended rows are written once (WAL: once, then again at checkpoint)
+BATCH_S = 600.0  # telemetry in the window log moves into the database this often ...
+BATCH_ROWS = 1000  # ... or at this many rows
 LOG_MAX_ROWS = 5000  # the log (and its rows in RAM) never grows beyond, even while the database refuses them
 RETRY_S = 2.0  # a card that refused a write is tried again this often
 CHECKPOINT_EVERY = 8  # commits of one database between checkpoints (and after each batch)
@@ -74,7 +75,7 @@ class OutboxStore:
         self.storage = statedir.StorageState(self._fault, self._cleared)
         self.alerts_path = path.with_name(f"{path.stem}-alerts{path.suffix}")
         self._db = Db(path, schema=SCHEMA, page_size=PAGE_SIZE, storage=self.storage, on_fault=self._fault,
-                      clock=clock)
+                      clock=clock, wal=TELEMETRY_WAL)
         self.alerts = AlertStore(Db(self.alerts_path, schema=ALERT_SCHEMA, page_size=4096, storage=self.storage,
                                     on_fault=self._fault, clock=clock))
         self._log = WindowLog(path.with_name(path.name + ".log"))
@@ -212,7 +213,8 @@ class OutboxStore:
         if self._log.unsynced and now - self._last_sync >= self._cfg.sync_window_s:
             self._sync_log(now)
         for db in (self._db, self.alerts.db):
-            if db.since_checkpoint >= CHECKPOINT_EVERY or (db.since_checkpoint and now - self._last_commit >= 5.0):
+            if db.wal and (db.since_checkpoint >= CHECKPOINT_EVERY
+                           or (db.since_checkpoint and now - self._last_commit >= 5.0)):
                 db.since_checkpoint = 0
                 self._checkpoints.put(db.path)
 
@@ -251,8 +253,9 @@ class OutboxStore:
             self._log.clear()
         except OSError as exc:
             self.storage.failed(self._log.path.name, exc)
-        self._checkpoints.put(self.path)
-        self._db.since_checkpoint = 0
+        if self._db.wal:
+            self._checkpoints.put(self.path)
+            self._db.since_checkpoint = 0
         self._count_disk()
         self._enforce_bounds()
         if self._read_ahead_size > 2 * PAGE:

@@ -107,21 +107,27 @@ class RowCheck:
         model, priority = KINDS[kind]
         if row.priority != priority:
             return f"priority {row.priority} for a {kind}"
+        text = row.payload[:-1] + b',"historical":false}'
         try:
-            body = json.loads(row.payload[:-1] + b',"historical":false}')
+            message = model.model_validate_json(text)
+        except ValidationError as exc:
+            return self._why(kind, text, exc, legacy=split(row.id)[0] == 0)
+        if getattr(message, "vehicle_id", None) != self._topics.vehicle_id:
+            return f"payload of another vehicle ({str(getattr(message, 'vehicle_id', ''))[:40]!r})"
+        if (getattr(message, "boot", None), getattr(message, "seq", None)) != split(row.id):
+            return f"payload names another message than its row ({split(row.id)})"
+        return None
+
+    def _why(self, kind: str, text: bytes, exc: ValidationError, *, legacy: bool) -> str | None:
+        try:
+            body = json.loads(text)
         except ValueError:
             return f"payload is not JSON (a {kind} expected)"
         if not isinstance(body, dict) or body.get("kind") != kind:
             return f"payload is not a {kind}"
         if body.get("vehicle_id") != self._topics.vehicle_id:
             return f"payload of another vehicle ({str(body.get('vehicle_id'))[:40]!r})"
-        if body.get("schema_version") == 1 and split(row.id)[0] == 0:
-            return None  # written by the previous version before the upgrade: its own envelope
-        try:
-            message = model.model_validate(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            return f"payload is not a valid {kind}: {'.'.join(map(str, first['loc']))}: {first['msg']}"[:200]
-        if (getattr(message, "boot", None), getattr(message, "seq", None)) != split(row.id):
-            return f"payload names another message than its row ({split(row.id)})"
-        return None
+        if legacy and body.get("schema_version") == 1 and "boot" not in body:
+            return None  # written by the previous version before the upgrade: its own envelope, kept
+        first = exc.errors()[0]
+        return f"payload is not a valid {kind}: {'.'.join(map(str, first['loc']))}: {first['msg']}"[:200]

@@ -56,8 +56,8 @@ def dir_problem(path: Path) -> str | None:
     if mode & 0o077:
         try:
             os.chmod(path, 0o700)
-        except OSError as exc:
-            return f"state_dir {path}: cannot narrow it to 0700: {exc.strerror or exc}"
+        except OSError as exc:  # a read-only card: a storage fault later, not a reason to refuse
+            log.warning("state_dir %s: cannot narrow it to 0700: %s", path, exc.strerror or exc)
     return None
 
 

@@ -6,10 +6,14 @@ its own for each checkpoint (:func:`checkpoint`).
 - Opened only after the file and SQLite's companions (``-wal``, ``-shm``,
   ``-journal``) are checked (:func:`agent.statedir.refuse_foreign`) and
   the file is there, 0600 (SQLite gives ``-wal`` and ``-shm`` its mode).
-- WAL, ``secure_delete`` (deleted rows are zeroed, in pages and free
-  pages), no automatic checkpoint (the checkpoint thread runs them, in
-  TRUNCATE mode: a checkpointed WAL is emptied, so no old frame keeps a
-  deleted row), ``journal_size_limit`` 0.
+- ``secure_delete`` (deleted rows are zeroed, in pages and free pages).
+  The alerts' database is in WAL mode (an alert's commit is one append
+  and one fsync), with no automatic checkpoint: the checkpoint thread runs
+  them, PASSIVE (never holding up an alert's commit), and with
+  ``journal_size_limit`` 0 the first write after a checkpoint starts the
+  WAL afresh and truncates it: no old frame keeps a deleted row. The telemetry database (``wal=False``) has a
+  rollback journal, truncated at each commit: a batch of appended rows is
+  written once, where WAL writes it twice (the frame, then the checkpoint).
 - :meth:`Db.write` is one transaction: it commits, or leaves the database
   as it was and returns False after reporting the storage error
   (``disk_full`` / ``storage_failed``). The caller keeps what it meant to
@@ -42,11 +46,13 @@ _CORRUPT = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 
 class Db:
     def __init__(self, path: Path, *, schema: str, page_size: int, storage: statedir.StorageState,
-                 on_fault: Callable[[str, str], None], clock: Callable[[], float] = time.time) -> None:
+                 on_fault: Callable[[str, str], None], clock: Callable[[], float] = time.time,
+                 wal: bool = True) -> None:
         self.path = path
         self.name = path.name
         self._schema = schema
         self._page_size = page_size
+        self.wal = wal
         self._storage = storage
         self._on_fault = on_fault
         self._clock = clock
@@ -88,12 +94,12 @@ class Db:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             db.execute(f"PRAGMA page_size={int(self._page_size)}")  # takes effect on a new file only
-            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA journal_mode={'WAL' if self.wal else 'TRUNCATE'}")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA secure_delete=ON")
             db.execute("PRAGMA journal_size_limit=0")
             db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint thread does it, never inside an alert's commit
-            db.execute("PRAGMA busy_timeout=2000")  # a TRUNCATE checkpoint holds the writers for its fsync
+            db.execute("PRAGMA busy_timeout=2000")  # another process reading it (a technician's sqlite3)
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {check}")
@@ -166,9 +172,10 @@ class Db:
 
 
 def checkpoint(path: Path) -> None:
-    """Copy the WAL into the database and empty it (the checkpoint thread; a connection of its own)."""
-    db = sqlite3.connect(f"file:{path}?mode=rw", uri=True, isolation_level=None, timeout=1.0)
+    """Copy the WAL into the database (the checkpoint thread; a connection of its own). PASSIVE: it never
+    waits for, nor holds up, the core's writes; the next write then starts the WAL afresh."""
+    db = sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, isolation_level=None, timeout=1.0)
     try:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
     finally:
         db.close()

@@ -150,7 +150,8 @@ def test_state_files_are_0600_and_the_state_dir_0700_whatever_the_umask(
         agent.kill9()
     loose = {name: oct(mode) for name, mode in found.items() if mode & 0o077}
     assert not loose, f"state files readable by others: {loose}"
-    assert {"outbox.sqlite", "outbox-alerts.sqlite", "outbox.sqlite-wal"} <= set(found), found
+    assert {"outbox.sqlite", "outbox-alerts.sqlite", "outbox-alerts.sqlite-wal", "outbox.sqlite.log",
+            "outbox.sqlite.boot"} <= set(found), found
     assert dir_mode == 0o700, oct(dir_mode)
 
 
