@@ -161,7 +161,7 @@ def test_the_alerts_wal_stays_bounded_while_an_alarm_is_republished(
         tmp_path: Path, broker: Mosquitto, gnss_pty: PtyGnss, dispatch: Collector) -> None:
     """An emergency nobody acknowledges, re-published every 0.1 s for 60 s: 600 publications, more than
     10 minutes at the default 15 s (40) or even at 1 s (600). The WAL is measured on the real file."""
-    bound = 256 * 1024
+    bound = 128 * 1024
     cfg = agent_config(tmp_path, broker.port, gnss_pty.path, panic__republish_s=0.1,
                        reporting__moving_interval_s=60, reporting__stopped_interval_s=60,
                        reporting__emergency_interval_s=1)

@@ -134,3 +134,29 @@ def test_after_each_of_20_reconnects_the_backlog_arrives_oldest_first(
             misordered.append(f"reconnect {n}: the newest position did not come before the backlog")
     assert len(windows) == 20
     assert not misordered, "\n".join(misordered)
+
+
+def test_watch_writes_a_capture_that_the_audit_reads(tmp_path: Path, broker: Mosquitto) -> None:
+    capture = tmp_path / "capture.jsonl"
+    watcher = subprocess.Popen([sys.executable, "-m", "agent.cli", "watch", "--broker",
+                                f"mqtt://127.0.0.1:{broker.port}", "--capture", str(capture)],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sender = Collector(broker.port, "nothing/#", client_id="capture-sender")
+    try:
+        deadline = time.monotonic() + 10
+        while not capture.exists() or not capture.read_text():
+            body = {"schema_version": 2, "kind": "event", "vehicle_id": "PV-9", "boot": 4, "seq": 1,
+                    "msg_id": "m-1", "time": "2026-11-30T10:00:00.000Z", "time_source": "gnss",
+                    "historical": False, "event": "input", "name": "door", "active": True, "detail": None}
+            for seq in (1, 3):
+                sender.client.publish("patrol/PV-9/event", json.dumps({**body, "seq": seq, "msg_id": f"m-{seq}"}),
+                                      qos=1).wait_for_publish(5)
+            time.sleep(0.5)
+            assert time.monotonic() < deadline, "watch wrote nothing"
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
+        sender.close()
+    code, report, _ = audit(capture)
+    assert code == 1
+    assert report["vehicles"]["PV-9"][0]["gaps"][0]["from"] == 2

@@ -41,8 +41,9 @@ def table(outcomes: list[faults.Outcome]) -> str:
     rows = ["| fault | injected | times | alerts accepted / lost | seq reused | telemetry lost | observed |",
             "|---|---|---|---|---|---|---|"]
     for o in outcomes:
+        observed = "; ".join([*o.notes, *(f"PROBLEM: {x}" for x in o.problems)])
         rows.append(f"| {o.fault} | {o.injected} | {o.rounds} | {o.alerts_accepted} / {o.alerts_lost} | "
-                    f"{o.seq_reused} | {o.telemetry_lost} | {'; '.join(o.notes)} |")
+                    f"{o.seq_reused} | {o.telemetry_lost} | {observed} |")
     return "\n".join(rows)
 
 
@@ -75,9 +76,17 @@ every fix, and judges by what a dispatch-side subscriber actually received:
 
 - **alerts accepted / lost**: test alarms whose "accepted" (fsynced) reply reached the caller, and of those,
   any that never arrived at the subscriber;
-- **seq reused**: (vehicle id, sequence number) pairs seen with two different message ids;
+- **seq reused**: (vehicle id, boot, seq) seen with two different message ids;
 - **telemetry lost**: fixes fed while the agent ran that never arrived as positions, beyond the documented
-  commit window (`outbox.commit_window_ms`, 1 s) before a kill.
+  commit window (`outbox.commit_window_ms`, 1 s) before a kill; for the storage faults, any message
+  (boot, seq) produced before the final kill -9 that never arrived;
+- the kill -9 row also gives what dispatch's own audit (`patrol-agent dispatch audit`) finds in the capture:
+  gaps in (boot, seq), each of which must be at the end of its boot (followed only by fsynced alerts).
+
+The storage faults are real: the state dir on a small tmpfs filled to ENOSPC by another file, and on an
+ext4 card image that the kernel remounts read-only (as after a card's I/O errors) under the running daemon;
+each round also checks that the fault clears and that what waited in RAM is written once the card takes
+writes again (a kill -9 after the recovery, then everything produced before it must arrive).
 
 Result: **{'zero alerts lost, zero sequence numbers reused' if ok else 'FAILURES: see the table'}**.
 
@@ -86,7 +95,7 @@ Result: **{'zero alerts lost, zero sequence numbers reused' if ok else 'FAILURES
 Notes: the broker-restart scenario waits for the dispatch subscriber to be back before each kill: a
 broker killed with `kill -9` loses what it had queued for an absent subscriber (the test broker saves its
 state every second), which would measure mosquitto's persistence, not the agent. The agent deletes a
-message only on PUBACK; more positions than fixes are the at-least-once duplicates, told apart by seq.
+message only on PUBACK; more positions than fixes are the at-least-once duplicates, told apart by (boot, seq).
 GPIO bounce and stuck buttons are injected in `tests/test_panic.py` (timed edges on mock pins).
 """
     args.out.write_text(text)

@@ -9,6 +9,7 @@ what the broker actually delivered to a dispatch-side subscriber.
 from __future__ import annotations
 
 import contextlib
+import io
 import random
 import sqlite3
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.audit import audit
 from tests.support.agent_proc import AgentProcess, GnssFeeder, agent_config, positions
 from tests.support.broker import Mosquitto
 from tests.support.mqtt import Collector, Received
@@ -159,7 +161,24 @@ def kill9_capture(workdir: Path, rounds: int, seed: int = 1) -> tuple[Outcome, l
                     outcome.problems.append(f"{name} DOES NOT OPEN")
         messages = list(collector.messages)
         lost = telemetry_gaps(feeder, fix_times(messages), lifetimes)
+    note = audit_note(messages)
+    (outcome.problems if " EXCEPT " in note else outcome.notes).append(note)
     return finish(outcome, messages, accepted, lost), messages, replies
+
+
+def audit_note(messages: list[Received]) -> str:
+    """What dispatch's audit (``patrol-agent dispatch audit``) says of what was received; a gap followed
+    in its boot by anything but alerts (fsynced at once) would be a loss in the middle of a boot."""
+    report = audit(io.StringIO("\n".join(m.payload.decode("utf-8", "replace") for m in messages)))
+    kinds = {(b["boot"], b["seq"]): b["kind"] for b in (m.json() for m in messages) if "seq" in b}
+    boots = [b for bs in report.vehicles.values() for b in bs]
+    gaps = [(b, g) for b in boots for g in b.gaps]
+    middle = [g for b, g in gaps if any(kinds.get((b.boot, s)) not in (None, "alert")
+                                        for s in range(g.end + 1, b.last + 1))]
+    widest = max((g.missing for _, g in gaps), default=0)
+    return (f"audit: {len(boots)} boots, {report.missing} messages missing in {len(gaps)} gaps, each at the end "
+            f"of its boot{'' if not middle else f' EXCEPT {len(middle)}'} (at most {widest} in one), "
+            f"{sum(b.duplicates for b in boots)} duplicates, {report.reused} numbers reused")
 
 
 def broker_restarts(workdir: Path, rounds: int) -> Outcome:
