@@ -87,7 +87,7 @@ class OutboxStore:
         self._logged_since: float | None = None
         self._leased: dict[int, Row] = {}  # handed out to be published, not yet acknowledged or released
         self._deletes: set[int] = set()  # acked, on disk, delete not yet committed
-        self._last_commit = self._last_sync = self._retry_at = 0.0
+        self._last_commit = self._last_sync = self._retry_at = self._expire_at = 0.0
         self._checkpoints: queue.Queue[object] = queue.Queue()
         self.disk_rows = self.disk_bytes = 0
         self.evictions = self.dropped = self.rejected = self.log_appends = 0
@@ -212,6 +212,9 @@ class OutboxStore:
             self._commit_deletes()
         if self._log.unsynced and now - self._last_sync >= self._cfg.sync_window_s:
             self._sync_log(now)
+        if now >= self._expire_at:
+            self._expire_at = now + BATCH_S
+            self.expire()
         for db in (self._db, self.alerts.db):
             if db.wal and (db.since_checkpoint >= CHECKPOINT_EVERY
                            or (db.since_checkpoint and now - self._last_commit >= 5.0)):
@@ -256,7 +259,6 @@ class OutboxStore:
         if self._db.wal:
             self._checkpoints.put(self.path)
             self._db.since_checkpoint = 0
-        self._count_disk()
         self._enforce_bounds()
         if self._read_ahead_size > 2 * PAGE:
             self._forget_read_ahead()  # a long outage: do not keep the backlog in RAM
@@ -355,16 +357,20 @@ class OutboxStore:
     def _enforce_bounds(self) -> None:
         over_rows = self.disk_rows - self._cfg.max_messages
         if over_rows > 0 or self.disk_bytes > self._cfg.max_bytes:
-            self._evict("SELECT id FROM outbox WHERE priority > 0 ORDER BY id LIMIT ?",
+            self._evict("SELECT id, length(payload) FROM outbox WHERE priority > 0 ORDER BY id LIMIT ?",
                         (max(over_rows, self.disk_rows // 20, 1),))
 
     def expire(self) -> None:
-        """Evict telemetry older than ``max_age_h``."""
+        """Evict telemetry older than ``max_age_h`` (every ``BATCH_S``): the oldest rows of each kind, in
+        id order, as far as they are too old (a page of them at a time: never a scan of the table)."""
         cutoff = self._clock() - self._cfg.max_age_h * 3600
-        self._evict("SELECT id FROM outbox WHERE priority > 0 AND accepted_at < ?", (cutoff,))
+        for priority in (1, 2, 3, 4):
+            self._evict("SELECT id, length(payload) FROM (SELECT id, payload, accepted_at FROM outbox "
+                        "WHERE priority = ? ORDER BY id LIMIT 500) WHERE accepted_at < ?", (priority, cutoff))
 
     def _evict(self, select: str, args: tuple[object, ...]) -> int:
-        ids = [int(r[0]) for r in self._db.read(select, args)]
+        found = self._db.read(select, args)  # (id, stored size): the oldest telemetry
+        ids = [int(r[0]) for r in found]
         if not ids:
             return 0
         evictions = self.evictions + len(ids)
@@ -381,7 +387,8 @@ class OutboxStore:
         for row_id in ids:
             self._leased.pop(row_id, None)
             self._deletes.discard(row_id)
-        self._count_disk()
+        self.disk_rows = max(0, self.disk_rows - len(ids))
+        self.disk_bytes = max(0, self.disk_bytes - sum(int(r[1]) for r in found))
         self._forget_read_ahead()
         return len(ids)
 

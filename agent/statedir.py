@@ -160,17 +160,17 @@ class StorageState:
             self._report()
 
     def _report(self) -> None:
+        """Each fault once when it begins (with the file and the error that began it), once when it ends."""
         now: dict[str, str] = {}
-        for name, (code, reason) in sorted(self.failing.items()):
-            now[code] = f"{now[code]}; " if code in now else ""
-            now[code] += f"{name}: {reason}"
-        for code, files in now.items():
-            lead = "disk full" if code == DISK_FULL else "storage failing"
-            detail = (f"{lead} ({files}); alerts are kept in RAM and published, telemetry kept in RAM up to "
-                      "outbox.ram_ring messages; written again as soon as the card takes writes")
-            if self._reported.get(code) != detail:
-                self._reported[code] = detail
-                self._on_fault(code, detail)
+        for name, (code, reason) in self.failing.items():
+            now.setdefault(code, f"{name}: {reason}")
+        for code, first in now.items():
+            if code not in self._reported:
+                lead = "disk full" if code == DISK_FULL else "storage failing"
+                self._reported[code] = first
+                self._on_fault(code, f"{lead} ({first}); alerts are kept in RAM and published, telemetry kept "
+                                     "in RAM up to outbox.ram_ring messages; all written again as soon as the card "
+                                     "takes writes")
         for code in [c for c in self._reported if c not in now]:
             del self._reported[code]
             self._on_clear(code)
