@@ -58,6 +58,9 @@ class AlertStore:
     def unsaved(self) -> int:
         return len(self._unsaved)
 
+    def on_disk(self, row_id: int) -> bool:
+        return row_id in self.rows and row_id not in self._unsaved
+
     def accept(self, row: Row, state: tuple[str, str | None] | None = None) -> bool:
         """Keep the alert (and the state change made with it); True when both are on disk now."""
         self.rows[row.id] = row

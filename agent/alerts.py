@@ -170,7 +170,8 @@ class Alerts:
         self.publish(alert, state=self._state(alert))  # the alert and the emergency: fsynced, in one step
         if request is not None:
             boot, seq = split(alert.pending[-1])
-            request.send({"stage": "accepted", "alert_id": alert.alert_id, "boot": boot, "seq": seq})
+            request.send({"stage": "accepted", "alert_id": alert.alert_id, "boot": boot, "seq": seq,
+                          "on_disk": self._sender.outbox.alerts.on_disk(alert.pending[-1])})  # False: card refused
         self._show()
         return alert
 

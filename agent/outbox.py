@@ -44,11 +44,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from agent.config import OutboxConfig
 from agent.messages import Priority
 from agent.outbox_store import BATCH_ROWS, BATCH_S, PAGE, RETRY_S, OutboxStore
-from agent.rows import Row, RowCheck
+from agent.rows import Row, RowCheck, unpack
 
 __all__ = ["BATCH_ROWS", "BATCH_S", "RETRY_S", "Outbox", "Row"]
 
@@ -191,6 +192,32 @@ class Outbox(OutboxStore):
     def release_all(self) -> None:
         self.release(list(self._leased))
 
+    def _from_disk(self, found: Iterable[tuple[Any, ...]], *, alerts: bool = False) -> list[Row]:
+        """Rows read back, decoded and checked; the others dropped from the database and reported."""
+        rows, bad, why = [], [], ""
+        for priority, row_id, topic, blob, accepted_at in found:
+            if not alerts and row_id in self._deletes:
+                continue  # dropped already (acknowledged, or rejected by an earlier read)
+            try:
+                row = Row(int(priority), int(row_id), str(topic), unpack(bytes(blob)), float(accepted_at))
+                problem = self._check.problem(row) if self._check is not None else None
+            except (ValueError, TypeError) as exc:
+                problem = f"payload {exc}"
+            if problem is None:
+                rows.append(row)
+            else:
+                bad.append(int(row_id))
+                why = problem
+        if bad:
+            self.rejected += len(bad)
+            if alerts:
+                self.alerts.forget(bad)
+            else:
+                self._deletes.update(bad)
+            self._fault("outbox_rejected", f"{self.rejected} stored messages dropped, not published: "
+                                           f"not this vehicle's (the last: {why})")
+        return rows
+
     def _offer(self, row: Row) -> None:
         if row.id not in self._in_ready:
             heapq.heappush(self._ready, row)
@@ -230,7 +257,7 @@ class Outbox(OutboxStore):
         return len(self._leased)
 
     def oldest_age_s(self) -> float | None:
-        found = self._db.read("SELECT min(accepted_at) FROM outbox")
+        found = self._db.read("SELECT accepted_at FROM outbox ORDER BY id LIMIT 1")  # by the key: no table scan
         times = [r.accepted_at for r in (*self._ram.values(), *self._logged.values(), *self.alerts.rows.values())]
         if found and isinstance(found[0][0], float | int):
             times.append(float(found[0][0]))

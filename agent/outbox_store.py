@@ -27,7 +27,7 @@ from agent.alert_store import AlertStore
 from agent.boot import JUMP, MAX_BOOT, BootRecord, Sequence
 from agent.config import OutboxConfig
 from agent.errors import OutboxError
-from agent.rows import Row, RowCheck, pack, unpack
+from agent.rows import Row, RowCheck, pack
 from agent.store import Db, checkpoint
 from agent.window_log import WindowLog
 
@@ -105,6 +105,9 @@ class OutboxStore:
     def _read_ahead_size(self) -> int:
         raise NotImplementedError
 
+    def _from_disk(self, found: Iterable[tuple[Any, ...]], *, alerts: bool = False) -> list[Row]:
+        raise NotImplementedError
+
     def open(self) -> None:
         problem = statedir.dir_problem(self.path.parent)
         if problem:
@@ -142,6 +145,12 @@ class OutboxStore:
             return
         if self._log.torn:
             log.warning("window log: a torn record at its end was dropped (power cut while writing)")
+        checked = [r for r in rows if self._check is None or self._check.problem(r) is None]
+        if len(checked) < len(rows):
+            self.rejected += len(rows) - len(checked)
+            self._fault("outbox_rejected", f"{len(rows) - len(checked)} messages of the window log dropped, not "
+                                           "published: not this vehicle's")
+        rows = checked
         if rows and self._insert(rows):
             with contextlib.suppress(OSError):
                 self._log.clear()
@@ -159,32 +168,6 @@ class OutboxStore:
         found = self._db.read("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox")
         if found:
             self.disk_rows, self.disk_bytes = int(found[0][0]), int(found[0][1])
-
-    def _from_disk(self, found: Iterable[tuple[Any, ...]], *, alerts: bool = False) -> list[Row]:
-        """Rows read back, decoded and checked; the others dropped from the database and reported."""
-        rows, bad, why = [], [], ""
-        for priority, row_id, topic, blob, accepted_at in found:
-            if not alerts and row_id in self._deletes:
-                continue  # dropped already (acknowledged, or rejected by an earlier read)
-            try:
-                row = Row(int(priority), int(row_id), str(topic), unpack(bytes(blob)), float(accepted_at))
-                problem = self._check.problem(row) if self._check is not None else None
-            except (ValueError, TypeError) as exc:
-                problem = f"payload {exc}"
-            if problem is None:
-                rows.append(row)
-            else:
-                bad.append(int(row_id))
-                why = problem
-        if bad:
-            self.rejected += len(bad)
-            if alerts:
-                self.alerts.forget(bad)
-            else:
-                self._deletes.update(bad)
-            self._fault("outbox_rejected", f"{self.rejected} stored messages dropped, not published: "
-                                           f"not this vehicle's (the last: {why})")
-        return rows
 
     def _fault(self, code: str, detail: str) -> None:
         log.error("fault %s: %s", code, detail)
