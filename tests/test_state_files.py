@@ -71,6 +71,13 @@ def test_forged_rows_are_not_published_and_are_reported(
                 {**body, "seq": i, "boot": 999, "msg_id": f"FORGED-{i}"}, separators=(",", ":")).encode()
             db.execute("INSERT INTO outbox (id, priority, topic, payload, accepted_at) VALUES (?,?,?,?,?)",
                        (top + (1 << 40) + i, Priority.POSITION, topic, payload, time.time()))
+    with sqlite3.connect(tmp_path / "state" / "outbox-alerts.sqlite") as db:  # and an alert of another vehicle
+        body = {**envelope, "vehicle_id": "PV-OTHER", "msg_id": "FORGED-alert", "kind": "alert", "boot": 1,
+                "seq": 1, "alert_id": "FORGED", "state": "raised", "trigger": "driver",
+                "raised_at": "2026-11-30T10:00:00.000Z", "position": {"source": "none"}}
+        db.execute("INSERT INTO outbox (id, priority, topic, payload, accepted_at) VALUES (?,?,?,?,?)",
+                   ((1 << 32) + 1, Priority.ALERT, f"patrol/{VEHICLE}/alert", json.dumps(body).encode(), time.time()))
+    forged.append(("alert", body))
     agent.start()
     try:
         dispatch.wait_for(lambda m: any(x.topic.endswith("/event") and b"outbox_rejected" in x.payload
@@ -82,7 +89,7 @@ def test_forged_rows_are_not_published_and_are_reported(
     published = [m for m in dispatch.messages if b"FORGED" in m.payload or not m.topic.startswith(f"patrol/{VEHICLE}/")]
     assert not published, [(m.topic, m.payload[:80]) for m in published]
     fault = [x.json() for x in dispatch.messages if x.topic.endswith("/event") and b"outbox_rejected" in x.payload][-1]
-    assert fault["event"] == "fault" and "7" in fault["detail"], fault
+    assert fault["event"] == "fault" and f"{len(forged)} stored" in fault["detail"], fault
     assert status["outbox"]["rejected"] == len(forged)
     with sqlite3.connect(tmp_path / "state" / "outbox.sqlite") as db:
         assert db.execute("SELECT count(*) FROM outbox WHERE id > ?", (top + (1 << 40),)).fetchone()[0] == 0
