@@ -93,13 +93,13 @@ class Db:
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
+            db.execute("PRAGMA busy_timeout=2000")  # another process reading it (a technician's sqlite3)
             db.execute(f"PRAGMA page_size={int(self._page_size)}")  # takes effect on a new file only
             db.execute(f"PRAGMA journal_mode={'WAL' if self.wal else 'TRUNCATE'}")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA secure_delete=ON")
             db.execute("PRAGMA journal_size_limit=0")
             db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint thread does it, never inside an alert's commit
-            db.execute("PRAGMA busy_timeout=2000")  # another process reading it (a technician's sqlite3)
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {check}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent import outbox as outbox_module
+from agent import outbox_store
 from agent.boot import split
 from agent.config import OutboxConfig
 from agent.messages import Priority
@@ -269,3 +270,25 @@ def test_the_newest_position_sent_first_is_not_sent_again_with_the_backlog(tmp_p
     assert newest is not None and newest.id == in_ram[-1]
     box.ack([newest.id])
     assert [r.id for r in box.lease(100)] == on_disk + in_ram[:-1]
+
+
+def test_a_backlog_left_by_the_previous_version_is_still_published(tmp_path: Path) -> None:
+    """Schema 1 rows (a seq unique across restarts, no boot) in a WAL database of 4 KiB pages, as the
+    previous version left them: they are this vehicle's own, and go out before the new boot's."""
+    from agent.rows import RowCheck
+    from agent.topics import Topics
+
+    legacy = (b'{"schema_version":1,"kind":"position","vehicle_id":"PV-1","seq":1042,"msg_id":"m-1042",'
+              b'"time":"2026-01-01T00:00:00.000Z","time_source":"gnss","reason":"interval","fix":null,'
+              b'"gnss_mode":1,"alert_id":null}')
+    db = sqlite3.connect(tmp_path / "outbox.sqlite")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(outbox_store.SCHEMA)
+    db.execute("INSERT INTO outbox VALUES (1042, 3, 'patrol/PV-1/position', ?, 1.0)", (legacy,))
+    db.commit()
+    db.close()
+    box = Outbox(tmp_path / "outbox.sqlite", OutboxConfig(), clock=FakeTime(), check=RowCheck(Topics("patrol", "PV-1")))
+    box.open()
+    new = box.accept(box.seq.take(), Priority.POSITION, "patrol/PV-1/position", b'{"x":1}')  # not checked: RAM
+    assert [(r.id, r.payload) for r in box.lease(10)] == [(1042, legacy), (new, b'{"x":1}')]
+    assert box.rejected == 0
