@@ -67,12 +67,13 @@ def main() -> int:
 
 Produced by `make soak` (`tools/soak.py`, scenarios in `tests/support/faults.py`) on
 {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, Python {platform.python_version()},
-in {time.monotonic() - began:.0f} s. Anyone can re-run it; the fast subset of the same scenarios runs in
-every `make test` (`tests/test_faults.py`).
+in {time.monotonic() - began:.0f} s. Anyone can re-run it; a fast subset of the same scenarios runs in
+every `make test` (`tests/test_faults.py`, `tests/test_storage_faults.py`, and the 20- and 30-round kill -9
+tests of `tests/test_store_and_forward.py` and `tests/test_loss_audit.py`).
 
-Every scenario runs the real daemon (`patrol-agent run`, or the agent in-process where the test must reach
-its database) against a real mosquitto, with fixes fed through a pty at 5 Hz and a position reported for
-every fix, and judges by what a dispatch-side subscriber actually received:
+Every scenario runs the real daemon (`patrol-agent run`) against a real mosquitto, with fixes fed through a
+pty at 5 Hz and a position reported for every fix, and judges by what a dispatch-side subscriber actually
+received:
 
 - **alerts accepted / lost**: test alarms whose "accepted" (fsynced) reply reached the caller, and of those,
   any that never arrived at the subscriber;
