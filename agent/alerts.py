@@ -11,16 +11,24 @@ A component on the core thread. The lifecycle of an alert:
   the officer sees a fast blink. It carries the best position known.
 - until dispatch acknowledges, the alert is published again every
   ``panic.republish_s`` with the same id (once the previous copy is out).
-- the emergency is persisted (outbox ``state`` table, fsynced): a reboot or
-  power cut does not end it. Only dispatch (clear) or the officer's cancel
-  gesture (reported as ``cancelled``, never silently dropped) does, and the
-  end is persisted before it is reported.
+- the emergency is persisted (the alerts database's ``state`` table,
+  fsynced) *in the same transaction* as the alert message that changes it
+  (raised, acknowledged, cleared, cancelled), so that after a kill or a
+  power cut the vehicle's emergency and what dispatch receives agree: a
+  restart restores the newest open emergency and never an older one, and a
+  restart after a clear has none. Only dispatch (clear) or the officer's
+  cancel gesture (reported as ``cancelled``, never silently dropped) ends
+  it, and the end is on disk before it is published. A saved emergency that
+  does not validate is moved aside (``emergency.rejected-<time>``) and
+  reported (``emergency_unreadable``); the daemon runs without it.
 - during an emergency the reporting component sends positions at the
   emergency rate, tagged with the alert id.
 
 Test alarms (``patrol-agent panic test``) take the same path, flagged
 ``test``, without entering the emergency; one ends when dispatch
-acknowledges or clears it, or when the technician's tool hangs up.
+acknowledges or clears it, when the technician's tool hangs up, or after
+``panic.test_timeout_s`` without an acknowledgement, published then as
+``unacknowledged``.
 """
 
 from __future__ import annotations
@@ -30,16 +38,18 @@ import logging
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import Literal
 
-from pydantic import ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from agent.boot import split
 from agent.config import AgentConfig, PanicConfig
 from agent.control import ControlRequest
 from agent.events import Acked, ConfigApplied, Event
 from agent.messages import Alert, AlertAck, AlertState, BestPosition, PositionSource, Priority
 from agent.positioning import Positioning, position_of
 from agent.reporting import Reporting
-from agent.unit import Sender
+from agent.unit import Faults, Sender
 from drivers.gpio import Feedback
 
 log = logging.getLogger(__name__)
@@ -59,19 +69,44 @@ class OpenAlert:
     attempt: int = 0
     pending: list[int] = field(default_factory=list)  # outbox rows of this alert not yet acknowledged
     last_published: float = 0.0  # monotonic
-    opened_at: float = float("-inf")  # monotonic, this boot (a restored alert opened "long ago")
+    raised_mono: float = float("-inf")  # monotonic, this run (a restored alert was raised "long ago")
 
     @property
     def closed(self) -> bool:
-        return self.state in (AlertState.CLEARED.value, AlertState.CANCELLED.value)
+        return self.state in CLOSED
+
+
+CLOSED = (AlertState.CLEARED.value, AlertState.CANCELLED.value, AlertState.UNACKNOWLEDGED.value)
+
+
+class SavedEmergency(BaseModel):
+    """The open emergency as the alerts database keeps it; anything else found there is moved aside."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alert_id: str = Field(min_length=1, max_length=64)
+    trigger: str = Field(min_length=1, max_length=64)
+    raised_at: AwareDatetime
+    state: Literal["raised", "delivered", "acknowledged"]
+    covert: bool = False
+    attempt: int = Field(default=0, ge=0)
+    test: Literal[False] = False  # kept by the previous version, with the two below; ignored
+    pending: list[int] = []
+    last_published: float = 0.0
+
+    @classmethod
+    def of(cls, alert: OpenAlert) -> str:
+        return json.dumps({"alert_id": alert.alert_id, "trigger": alert.trigger, "raised_at": alert.raised_at,
+                           "state": alert.state, "covert": alert.covert, "attempt": alert.attempt})
 
 
 class Alerts:
     def __init__(self, cfg: AgentConfig, sender: Sender, positioning: Positioning, reporting: Reporting,
-                 feedback: Feedback) -> None:
+                 feedback: Feedback, faults: Faults | None = None) -> None:
         self._panic: PanicConfig = cfg.panic
         self._covert = cfg.outputs.covert
         self._sender = sender
+        self._faults = faults
         self._positioning = positioning
         self._reporting = reporting
         self.feedback = feedback
@@ -82,29 +117,33 @@ class Alerts:
     # --- persistence ------------------------------------------------------------
 
     def _restore(self) -> None:
-        saved = self._sender.outbox.get_state(STATE_KEY)
+        outbox = self._sender.outbox
+        saved = outbox.get_state(STATE_KEY)
         if saved is None:
             return
         try:
-            self.emergency = OpenAlert(**json.loads(saved))
-        except (ValueError, TypeError):
-            log.error("the saved emergency could not be read; it is kept as it was on disk")
+            valid = SavedEmergency.model_validate_json(saved)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            why = f"{'.'.join(map(str, first['loc'])) or 'the record'}: {first['msg']}"[:160]
+            aside = outbox.move_state_aside(STATE_KEY)
+            log.error("the saved emergency does not validate (%s): moved aside to %s", why, aside)
+            if self._faults is not None:
+                self._faults.raise_("emergency_unreadable", f"the saved emergency does not validate ({why}); "
+                                    f"moved aside to {aside} in the alerts database; no emergency restored")
             return
-        self.emergency.pending = []
-        # moments of another boot's monotonic clock mean nothing in this one
-        self.emergency.last_published = self.emergency.opened_at = float("-inf")
+        # no monotonic moment of another boot is restored: it would mean nothing in this one
+        self.emergency = OpenAlert(valid.alert_id, valid.trigger, valid.raised_at.isoformat(), state=valid.state,
+                                   covert=valid.covert, attempt=valid.attempt, last_published=float("-inf"))
         log.warning("emergency %s still open after restart (%s)", self.emergency.alert_id, self.emergency.state)
         self._reporting.emergency(self.emergency.alert_id)
         self._show()
 
-    def _persist(self, alert: OpenAlert) -> None:
-        """The emergency's state on disk (fsynced): before its change is reported to anyone."""
+    def _state(self, alert: OpenAlert) -> tuple[str, str | None] | None:
+        """The emergency's state change to persist with ``alert``'s next message (None for a test)."""
         if alert.test:
-            return
-        if alert.closed:
-            self._sender.outbox.delete_state(STATE_KEY)
-        else:
-            self._sender.outbox.put_state(STATE_KEY, json.dumps(asdict(alert)))
+            return None
+        return (STATE_KEY, None if alert.closed else SavedEmergency.of(alert))
 
     # --- raising and publishing ---------------------------------------------------
 
@@ -121,21 +160,24 @@ class Alerts:
             return self.emergency
         when, _ = clock.now()
         alert = OpenAlert(str(uuid.uuid4()), trigger, when.isoformat(), test=test, covert=self._covert,
-                          opened_at=clock.monotonic())
+                          raised_mono=clock.monotonic())
         if test:
             self.tests[alert.alert_id] = (alert, request)
         else:
             self.emergency = alert
             self._reporting.emergency(alert.alert_id)
         log.warning("%s raised by %s: %s", "test alarm" if test else "PANIC ALERT", trigger, alert.alert_id)
-        self.publish(alert)  # fsynced when this returns
-        self._persist(alert)
+        self.publish(alert, state=self._state(alert))  # the alert and the emergency: fsynced, in one step
         if request is not None:
-            request.send({"stage": "accepted", "alert_id": alert.alert_id, "seq": alert.pending[-1]})
+            boot, seq = split(alert.pending[-1])
+            request.send({"stage": "accepted", "alert_id": alert.alert_id, "boot": boot, "seq": seq,
+                          "on_disk": self._sender.outbox.alerts.on_disk(alert.pending[-1])})  # False: card refused
         self._show()
         return alert
 
-    def publish(self, alert: OpenAlert, note: str | None = None) -> None:
+    def publish(self, alert: OpenAlert, note: str | None = None, *,
+                state: tuple[str, str | None] | None = None) -> None:
+        """Publish the alert as it stands; ``state``: the emergency's change, made durable with it."""
         alert.attempt += 1
         alert.last_published = self._sender.clock.monotonic()
         message = Alert(
@@ -143,8 +185,7 @@ class Alerts:
             trigger=alert.trigger, raised_at=datetime.fromisoformat(alert.raised_at), test=alert.test,
             covert=alert.covert, position=self.best_position(), attempt=alert.attempt, note=note,
         )
-        alert.pending.append(message.seq)
-        self._sender.send(message, Priority.ALERT)
+        alert.pending.append(self._sender.send(message, Priority.ALERT, state=state))
 
     def best_position(self) -> BestPosition:
         """The live fix, else the last known position with its age (an alert in a tunnel still says
@@ -179,7 +220,8 @@ class Alerts:
                 if refused is None and alert.state == AlertState.RAISED.value:
                     alert.state = AlertState.DELIVERED.value
                     log.info("alert %s delivered to the broker", alert.alert_id)
-                    self._persist(alert)
+                    if not alert.test:
+                        self._sender.outbox.put_state(STATE_KEY, SavedEmergency.of(alert))
                     self._stage(alert, "delivered")
                     self._show()
 
@@ -204,14 +246,12 @@ class Alerts:
             if alert.state in OPEN:
                 alert.state = AlertState.ACKNOWLEDGED.value
                 log.warning("alert %s acknowledged by dispatch", alert.alert_id)
-                self._persist(alert)
-                self.publish(alert, note=f"acknowledged by {who}")
+                self.publish(alert, note=f"acknowledged by {who}", state=self._state(alert))
                 self._stage(alert, "acknowledged", operator=operator)
         else:
             alert.state = AlertState.CLEARED.value
             log.warning("alert %s cleared by dispatch", alert.alert_id)
-            self._persist(alert)
-            self.publish(alert, note=f"cleared by {who}")
+            self.publish(alert, note=f"cleared by {who}", state=self._state(alert))  # the end, on disk first
             self._stage(alert, "cleared", operator=operator)
             self._close(alert)
         self._show()
@@ -223,7 +263,7 @@ class Alerts:
         _, request = self.tests[alert.alert_id]
         if request is not None:
             request.send({"stage": stage, "alert_id": alert.alert_id, **extra})
-        if stage in ("acknowledged", "cleared", "stopped"):
+        if stage in ("acknowledged", "cleared", "stopped", "unacknowledged"):
             if request is not None:
                 request.finish()
             self.tests.pop(alert.alert_id, None)
@@ -241,8 +281,7 @@ class Alerts:
             return
         alert.state = AlertState.CANCELLED.value
         log.warning("alert %s cancelled by the officer (%s)", alert.alert_id, by)
-        self._persist(alert)
-        self.publish(alert, note=f"cancelled by the officer at the {by} button")
+        self.publish(alert, note=f"cancelled by the officer at the {by} button", state=self._state(alert))
         self._close(alert)
         self._show()
 
@@ -267,6 +306,13 @@ class Alerts:
             if request is not None and request.closed.is_set():  # the technician's tool gave up
                 alert.state = AlertState.CANCELLED.value
                 self.publish(alert, note="test stopped by the technician")
+                self.tests.pop(alert_id, None)
+                self._show()
+            elif alert.state in OPEN and now - alert.raised_mono >= self._panic.test_timeout_s:
+                alert.state = AlertState.UNACKNOWLEDGED.value
+                log.warning("test alarm %s not acknowledged within %g s: ended", alert_id, self._panic.test_timeout_s)
+                self.publish(alert, note=f"test alarm not acknowledged within {self._panic.test_timeout_s:g} s")
+                self._stage(alert, "unacknowledged")
                 self.tests.pop(alert_id, None)
                 self._show()
         for alert in self._alerts():

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent import logs, security
+from agent import logs, security, statedir
 from agent.alerts import Alerts
 from agent.buttons import Buttons
 from agent.clock import Clock
@@ -25,7 +25,17 @@ from agent.config import AgentConfig, load
 from agent.control import ControlServer
 from agent.core import Core
 from agent.errors import ConfigError
-from agent.events import Call, ConfigApplied, Event, FaultRaised, FixReceived, GnssStateChanged, Reload, Stop
+from agent.events import (
+    Call,
+    ConfigApplied,
+    Event,
+    FaultCleared,
+    FaultRaised,
+    FixReceived,
+    GnssStateChanged,
+    Reload,
+    Stop,
+)
 from agent.forwarder import Forwarder
 from agent.health import Health, status_message
 from agent.notify import Notifier
@@ -33,6 +43,7 @@ from agent.outbox import Outbox
 from agent.positioning import Positioning
 from agent.remote import RemoteCommands
 from agent.reporting import Reporting
+from agent.rows import RowCheck
 from agent.supervisor import Supervisor
 from agent.topics import Topics
 from agent.unit import Faults, Sender
@@ -79,7 +90,8 @@ class Agent:
         self.notifier = Notifier()
         self.supervisor = Supervisor(self.inbox.put)
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.vehicle.id)
-        self.outbox = Outbox(cfg.outbox_path, cfg.outbox, on_fault=lambda c, d: self.inbox.put(FaultRaised(c, d)))
+        self.outbox = Outbox(cfg.outbox_path, cfg.outbox, on_fault=lambda c, d: self.inbox.put(FaultRaised(c, d)),
+                             on_clear=lambda c: self.inbox.put(FaultCleared(c)), check=RowCheck(self.topics))
         self.reader = GnssReader(
             cfg.gnss, on_fix=lambda fix: self.inbox.put(FixReceived(fix, time.monotonic())),
             on_state=lambda state, detail: self.inbox.put(GnssStateChanged(state, detail)))
@@ -123,7 +135,7 @@ class Agent:
         positioning = self.positioning = Positioning(cfg.gnss, clock, faults)
         reporting = Reporting(cfg.reporting, sender, positioning)
         assert self.feedback is not None
-        alerts = self.alerts = Alerts(cfg, sender, positioning, reporting, self.feedback)
+        alerts = self.alerts = Alerts(cfg, sender, positioning, reporting, self.feedback, faults)
         buttons = Buttons(cfg.inputs, pins=self.pins, alerts=alerts, reporting=reporting, sender=sender,
                           faults=faults, now=clock.monotonic(), pin_factory=self.pin_factory)
         remote = RemoteCommands(cfg.vehicle.id, self.topics, sender, reporting, alerts, self.inbox.put)
@@ -254,6 +266,11 @@ def open_gpio(cfg: AgentConfig, inbox: queue.Queue[Event], factory: Any,
 
 
 def run(cfg: AgentConfig, config_path: Path | None = None) -> int:
+    for directory in dict.fromkeys((cfg.state_dir, cfg.outbox_path.parent)):
+        problem = statedir.dir_problem(directory)  # the outbox's files are kept only in a dir of our own
+        if problem:
+            print(f"refusing to start: {problem}", file=sys.stderr)
+            return 2
     agent = Agent(cfg, config_path=config_path)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -124,7 +124,7 @@ class Buttons:
     def _short_press(self, button: Button, at: float) -> None:
         rule = self._cancel
         alert = self._alerts.emergency
-        if alert is None or at - alert.opened_at < rule.not_before_s:
+        if alert is None or at - alert.raised_mono < rule.not_before_s:
             button.short_presses.clear()
             return
         button.short_presses = [t for t in button.short_presses if at - t <= rule.within_s] + [at]

@@ -192,7 +192,11 @@ def _provision(args: argparse.Namespace) -> int:
 def _watch(args: argparse.Namespace) -> int:
     from agent.dispatch import BrokerOptions, watch
 
-    return watch(BrokerOptions.from_args(args), args.vehicle, auto_ack=args.auto_ack, alerts_only=args.alerts_only)
+    if args.capture is None:
+        return watch(BrokerOptions.from_args(args), args.vehicle, auto_ack=args.auto_ack, alerts_only=args.alerts_only)
+    with open(args.capture, "a", encoding="utf-8") as capture:
+        return watch(BrokerOptions.from_args(args), args.vehicle, auto_ack=args.auto_ack,
+                     alerts_only=args.alerts_only, capture=capture)
 
 
 def _dispatch_send(args: argparse.Namespace) -> int:
@@ -209,6 +213,16 @@ def _dispatch_send(args: argparse.Namespace) -> int:
     verdict = "ok" if reply.get("ok") else "refused"
     print(f"{args.vehicle} {verdict}: {verb} {args.alert_id}: {reply.get('detail') or ''}".rstrip(": "))
     return OK if reply.get("ok") else FAILED
+
+
+def _dispatch_audit(args: argparse.Namespace) -> int:
+    from agent.audit import run
+
+    try:
+        return run(Path(args.capture), as_json=args.json, out=sys.stdout)
+    except OSError as exc:
+        print(f"patrol-agent dispatch audit: {args.capture}: {exc.strerror or exc}", file=sys.stderr)
+        return USAGE
 
 
 def _broker_options(parser: argparse.ArgumentParser) -> None:
@@ -360,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--vehicle", default="+", help="one vehicle id (default all)")
     watch.add_argument("--auto-ack", action="store_true", help="acknowledge every alert (demo)")
     watch.add_argument("--alerts-only", action="store_true", help="print alerts only")
+    watch.add_argument("--capture", metavar="FILE", help="also append every message to FILE as a JSON line "
+                                                         "(for `dispatch audit`)")
     watch.set_defaults(func=_watch)
 
     dispatch = sub.add_parser("dispatch", help="dispatch side: acknowledge or clear an alert, wait for the answer")
@@ -377,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="seconds the command stays valid, at most 3600 (default 60)")
         _broker_options(cmd)
         cmd.set_defaults(func=_dispatch_send)
+    audit = dispatch_sub.add_parser("audit", allow_abbrev=False,
+                                    help="per vehicle and boot, the messages missing or twice in a capture (exit 1 "
+                                         "if any is missing)")
+    audit.add_argument("capture", help="JSON lines of received messages (watch --capture FILE, or mosquitto_sub "
+                                       "-F %%J)")
+    audit.add_argument("--json", action="store_true", help="the report as JSON")
+    audit.set_defaults(func=_dispatch_audit)
     return parser
 
 

@@ -134,6 +134,8 @@ class OutboxConfig(Section):
     max_messages: int = Field(default=500_000, ge=100)
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
     max_age_h: float = Field(default=72.0, gt=0)
+    sync_window_s: float = Field(default=30.0, ge=1, le=600)
+    ram_ring: int = Field(default=10_000, ge=100, le=1_000_000)
 
 
 class InputPinConfig(Section):
@@ -212,6 +214,7 @@ class GpioConfig(Section):
 
 class PanicConfig(Section):
     republish_s: Seconds = 15.0
+    test_timeout_s: Seconds = 120.0
 
 
 class ReportingConfig(Section):

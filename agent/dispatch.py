@@ -219,6 +219,16 @@ def describe(topic: str, payload: bytes) -> str:
     return f"{head} {kind} {json.dumps(msg)[:160]}"
 
 
+def capture_line(topic: str, payload: bytes, retain: bool) -> str:
+    """One received message as a capture line: the shape ``mosquitto_sub -F %J`` prints."""
+    line: dict[str, Any] = {"tst": datetime.now(UTC).isoformat(), "topic": topic, "qos": 1, "retain": int(retain)}
+    try:
+        line["payload"] = json.loads(payload)
+    except ValueError:
+        line["payload"] = payload.decode("utf-8", "replace")
+    return json.dumps(line, separators=(",", ":"))
+
+
 def _stop_on_sigterm() -> None:
     def handler(_signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -227,14 +237,18 @@ def _stop_on_sigterm() -> None:
 
 
 def watch(opts: BrokerOptions, vehicle: str, *, out: IO[str] = sys.stdout, log: IO[str] = sys.stderr,
-          auto_ack: bool = False, alerts_only: bool = False) -> int:
-    """Print every vehicle message until Ctrl-C or SIGTERM (exit 0); optionally acknowledge alerts."""
+          auto_ack: bool = False, alerts_only: bool = False, capture: IO[str] | None = None) -> int:
+    """Print every vehicle message until Ctrl-C or SIGTERM (exit 0); optionally acknowledge alerts, and
+    write each one to ``capture`` as a JSON line (what ``dispatch audit`` reads)."""
     link = Link(opts, "watch", log=log)
     link.subscriptions.append(f"{opts.prefix}/{vehicle}/#")
 
     def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic.endswith(("/cmd", "/alert/ack")):
             return
+        if capture is not None:
+            capture.write(capture_line(msg.topic, bytes(msg.payload), bool(msg.retain)) + "\n")
+            capture.flush()
         if alerts_only and not msg.topic.endswith("/alert"):
             return
         print(describe(msg.topic, bytes(msg.payload)), file=out, flush=True)

@@ -41,7 +41,7 @@ def _ago(seconds: float) -> str:
 
 
 def status_message(sender: Sender, cfg: AgentConfig, state: str, reason: str | None = None) -> bytes:
-    status = Status(**sender.envelope(), state=state, agent_version=__version__, unit=cfg.vehicle.unit,
+    status = Status(**sender.envelope(stored=False), state=state, agent_version=__version__, unit=cfg.vehicle.unit,
                     directorate=cfg.vehicle.directorate, reason=reason)
     return status.model_dump_json().encode()
 

@@ -6,12 +6,14 @@ Pydantic models, the single source of the interface: ``docs/mqtt-api.md``,
 enter the outbox.
 
 Every message the vehicle sends carries the envelope: schema version,
-vehicle id, a per-vehicle sequence number (unique and increasing across
-restarts and power cuts, not contiguous), a unique message id, the time it
-describes and where that time came from, and ``historical`` (set when it is
-published: true for telemetry that waited in the backlog while the link was
-down). Dispatch drops duplicates by (vehicle_id, seq): delivery is
-at-least-once.
+vehicle id, the boot it was produced in, a unique message id, the time it
+describes and where that time came from. Every message that goes through
+the outbox (all but the retained status, which is state, not history) also
+carries ``seq``, contiguous from 1 within its boot, and ``historical`` (set
+when it is published: true for telemetry that waited in the backlog while
+the link was down). A gap in (vehicle_id, boot, seq) at dispatch is a
+message that was produced and never made durable; dispatch drops
+duplicates by (vehicle_id, boot, seq): delivery is at-least-once.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _iso_ms(moment: datetime) -> str:
@@ -48,18 +50,24 @@ class Priority:
     HEALTH = 4
 
 
-class Message(BaseModel):
-    """The envelope every vehicle message carries."""
+class Envelope(BaseModel):
+    """What every message from the vehicle carries."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
     kind: str
     vehicle_id: str
-    seq: int = Field(ge=1, description="per-vehicle, unique and increasing; never reused")
+    boot: int = Field(ge=1, description="the vehicle's start count: one more at every start of the agent")
     msg_id: str = Field(description="unique message id (UUID)")
     time: UtcTime = Field(description="the moment the message describes, UTC")
     time_source: TimeSource
+
+
+class Message(Envelope):
+    """A message of the vehicle's stream: kept in its outbox until the broker acknowledged it."""
+
+    seq: int = Field(ge=1, description="contiguous from 1 within the boot: a gap is a message never made durable")
     historical: bool = Field(
         default=False, description="set on publishing: waited in the backlog while the link was down"
     )
@@ -128,6 +136,7 @@ class AlertState(StrEnum):
     ACKNOWLEDGED = "acknowledged"
     CLEARED = "cleared"
     CANCELLED = "cancelled"
+    UNACKNOWLEDGED = "unacknowledged"  # a test alarm nobody acknowledged within panic.test_timeout_s: it ends
 
 
 class Alert(Message):
@@ -145,8 +154,9 @@ class Alert(Message):
     note: str | None = None
 
 
-class Status(Message):
-    """``<prefix>/<vehicle>/status`` (retained; also the MQTT last will)."""
+class Status(Envelope):
+    """``<prefix>/<vehicle>/status`` (retained; also the MQTT last will). State, not history: it is
+    never stored in the outbox, so it carries no ``seq`` and never makes a gap."""
 
     kind: Literal["status"] = "status"
     state: Literal["online", "offline"]
@@ -206,4 +216,4 @@ class AlertAck(BaseModel):
     note: str | None = Field(default=None, max_length=500)
 
 
-VEHICLE_MESSAGES: tuple[type[Message], ...] = (PositionReport, Alert, Status, InputEvent, Health, CommandReply)
+VEHICLE_MESSAGES: tuple[type[Envelope], ...] = (PositionReport, Alert, Status, InputEvent, Health, CommandReply)

@@ -33,9 +33,13 @@ class Component(Protocol):
 
 
 class Sender:
-    """Messages into the outbox (an alert is fsynced before ``send`` returns).
+    """Messages into the outbox, each named (boot, seq) when it enters it.
 
-    The core has the forwarder publish what is new after each event it handles."""
+    ``seq`` is taken at :meth:`send`, not when the envelope is built, so that a
+    message that fails to build leaves no gap. An alert is fsynced before
+    ``send`` returns (unless the card refuses it: then it is kept in RAM and
+    published all the same). The core has the forwarder publish what is new
+    after each event it handles."""
 
     def __init__(self, vehicle_id: str, topics: Topics, outbox: Outbox, clock: Clock) -> None:
         self.vehicle_id = vehicle_id
@@ -44,20 +48,33 @@ class Sender:
         self.clock = clock
         self.sent = 0
 
-    def envelope(self, moment: tuple[datetime, TimeSource] | None = None) -> dict[str, Any]:
+    def envelope(self, moment: tuple[datetime, TimeSource] | None = None, *, stored: bool = True) -> dict[str, Any]:
+        """The envelope of a new message; ``stored=False`` for one that never enters the outbox (the
+        retained status, the last will): it takes no ``seq``, so it can never make a gap."""
         when, source = moment or self.clock.now()
-        return {
+        envelope: dict[str, Any] = {
             "vehicle_id": self.vehicle_id,
-            "seq": self.outbox.seq.take(),
+            "boot": self.outbox.seq.boot,
             "msg_id": str(uuid.uuid4()),
             "time": when,
             "time_source": source,
         }
+        if stored:
+            envelope["seq"] = self.outbox.seq.peek()
+        return envelope
 
-    def send(self, message: Message, priority: int) -> None:
+    def send(self, message: Message, priority: int, *, state: tuple[str, str | None] | None = None) -> int:
+        """Into the outbox with the next ``seq``; ``state``: a durable change made in the same step
+        (the emergency with its alert). Returns the outbox row id."""
+        seq = self.outbox.seq.peek()
+        if message.seq != seq:
+            message = message.model_copy(update={"seq": seq})
         payload = message.model_dump_json(exclude={"historical"}).encode()
-        self.outbox.accept(message.seq, priority, self.topics.for_kind(message.kind), payload)
+        topic = self.topics.for_kind(message.kind)
+        self.outbox.seq.take()
+        row = self.outbox.accept(seq, priority, topic, payload, state=state)
         self.sent += 1  # the core has the forwarder pump after every event and tick
+        return row
 
     def event(self, event: str, name: str, *, active: bool | None = None, detail: str | None = None) -> None:
         self.send(InputEvent(**self.envelope(), event=event, name=name, active=active, detail=detail),

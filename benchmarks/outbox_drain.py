@@ -35,6 +35,7 @@ from agent.config import AgentConfig
 from agent.messages import Priority
 from agent.outbox import Outbox
 from tests.support.broker import Mosquitto
+from tests.support.rows import position
 
 PAYLOAD = json.dumps({
     "schema_version": 1, "kind": "position", "vehicle_id": "PV-BENCH-1", "seq": 0,
@@ -96,8 +97,10 @@ def agent_drain(port: int, n: int, alerts: int, workdir: Path,
     })
     outbox = Outbox(cfg.outbox_path, cfg.outbox)
     outbox.open()
-    for _ in range(n):
-        outbox.accept(outbox.seq.take(), Priority.POSITION, "patrol/PV-BENCH-1/position", PAYLOAD)
+    for _ in range(n):  # real messages of an earlier boot: the outbox checks what it reads back
+        seq = outbox.seq.take()
+        outbox.accept(seq, Priority.POSITION, "patrol/PV-BENCH-1/position",
+                      position("PV-BENCH-1", outbox.seq.boot, seq))
     outbox.flush()
     outbox.close()
     received: dict[str, float] = {}

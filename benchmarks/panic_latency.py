@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.config import OutboxConfig
 from agent.messages import Priority
 from agent.outbox import Outbox
-from benchmarks.outbox_drain import PAYLOAD
 from tests.support.agent_proc import GnssFeeder, agent_config
 from tests.support.broker import Mosquitto
 from tests.support.inproc import RunningAgent
 from tests.support.pty_gnss import PtyGnss
+from tests.support.rows import position
 
 
 class Dispatch:
@@ -75,8 +75,9 @@ def run(workdir: Path, port: int, presses: int, backlog: int) -> tuple[list[floa
         cfg["outbox"] = {"max_messages": backlog * 2, "max_bytes": 1 << 31}
         box = Outbox(workdir / "state" / "outbox.sqlite", OutboxConfig(**cfg["outbox"]))
         box.open()
-        for _ in range(backlog):
-            box.accept(box.seq.take(), Priority.POSITION, "patrol/PV-TEST-1/position", PAYLOAD)
+        for _ in range(backlog):  # real messages of an earlier boot: the outbox checks what it reads back
+            seq = box.seq.take()
+            box.accept(seq, Priority.POSITION, "patrol/PV-TEST-1/position", position("PV-TEST-1", box.seq.boot, seq))
         box.close()
     feeder = GnssFeeder(device, rate_hz=10).start() if backlog else None
     dispatch = Dispatch(port)

@@ -20,7 +20,6 @@ FAST: list[tuple[Callable[[Path, int], faults.Outcome], int]] = [
     (faults.unplug, 2),
     (faults.garbage, 3),
     (faults.corrupt_database, 1),
-    (faults.disk_full, 1),
     (faults.reset_and_delay, 2),
 ]
 

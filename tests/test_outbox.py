@@ -1,4 +1,4 @@
-"""The outbox on its own: order, acknowledgement, windows, bounds, corruption, sequence numbers."""
+"""The outbox on its own: order, acknowledgement, windows, bounds, corruption, (boot, seq), a real full disk."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from agent import outbox as outbox_module
+from agent import outbox_store
+from agent.boot import split
 from agent.config import OutboxConfig
 from agent.messages import Priority
-from agent.outbox import SEQ_BLOCK, Outbox
+from agent.outbox import Outbox
+from tests.support.storage import fill, tmpfs
 
 
 class FakeTime:
@@ -20,8 +24,11 @@ class FakeTime:
         return self.now
 
 
-def make(tmp_path: Path, clock: FakeTime | None = None, **cfg: int | float) -> Outbox:
-    box = Outbox(tmp_path / "outbox.sqlite", OutboxConfig(**cfg), clock=clock or FakeTime())
+def make(tmp_path: Path, clock: FakeTime | None = None, faults: list[tuple[str, str]] | None = None,
+         **cfg: int | float) -> Outbox:
+    box = Outbox(tmp_path / "outbox.sqlite", OutboxConfig(**cfg), clock=clock or FakeTime(),
+                 on_fault=None if faults is None else lambda code, detail: faults.append((code, detail)),
+                 on_clear=None if faults is None else lambda code: faults.append(("cleared", code)))
     box.open()
     return box
 
@@ -30,8 +37,7 @@ def put(box: Outbox, priority: int, n: int = 1) -> list[int]:
     ids = []
     for _ in range(n):
         seq = box.seq.take()
-        box.accept(seq, priority, "t", b'{"seq":%d}' % seq)
-        ids.append(seq)
+        ids.append(box.accept(seq, priority, "t", b'{"seq":%d}' % seq))
     return ids
 
 
@@ -87,7 +93,7 @@ def test_telemetry_acknowledged_within_the_window_never_touches_the_disk(tmp_pat
     assert box.commits == commits and disk_ids(box.path) == []
 
 
-def test_unacknowledged_telemetry_is_committed_once_per_window(tmp_path: Path) -> None:
+def test_unacknowledged_telemetry_is_logged_once_per_window_and_batched_into_the_database(tmp_path: Path) -> None:
     clock = FakeTime()
     box = make(tmp_path, clock, commit_window_ms=1000)
     commits = box.commits
@@ -95,8 +101,43 @@ def test_unacknowledged_telemetry_is_committed_once_per_window(tmp_path: Path) -
         put(box, Priority.POSITION)
         clock.now += 0.1
         box.tick()
-    assert 2 <= box.commits - commits <= 3
-    assert len(disk_ids(box.path)) >= 20
+    assert 2 <= box.log_appends <= 3  # one append per window ...
+    assert box.commits == commits and disk_ids(box.path) == []  # ... and no SQLite commit yet
+    log = tmp_path / "outbox.sqlite.log"
+    assert log.stat().st_size > 0
+    clock.now += outbox_module.BATCH_S
+    box.tick()
+    assert box.commits == commits + 1 and len(disk_ids(box.path)) >= 20  # then one transaction for all
+    assert log.stat().st_size == 0
+
+
+def test_what_the_window_log_holds_comes_back_after_a_kill(tmp_path: Path) -> None:
+    clock = FakeTime()
+    box = make(tmp_path, clock)
+    logged = put(box, Priority.POSITION, 5)
+    clock.now += 1.5
+    box.tick()  # the window is over: in the log, not in the database
+    lost = put(box, Priority.POSITION, 2)  # still within their window when the process dies
+    assert disk_ids(box.path) == []
+    again = make(tmp_path, clock)  # no close(): as after kill -9
+    assert disk_ids(again.path) == logged
+    assert [r.id for r in again.lease(10)] == logged
+    assert not set(lost) & set(disk_ids(again.path))
+
+
+def test_a_torn_record_at_the_end_of_the_window_log_loses_only_itself(tmp_path: Path) -> None:
+    clock = FakeTime()
+    box = make(tmp_path, clock)
+    first = put(box, Priority.POSITION, 3)
+    clock.now += 1.5
+    box.tick()
+    put(box, Priority.POSITION, 1)
+    clock.now += 1.5
+    box.tick()
+    log = tmp_path / "outbox.sqlite.log"
+    log.write_bytes(log.read_bytes()[:-7])  # a power cut in the middle of the last append
+    again = make(tmp_path, clock)
+    assert disk_ids(again.path) == first
 
 
 def test_full_outbox_evicts_oldest_telemetry_never_alerts(tmp_path: Path) -> None:
@@ -125,7 +166,7 @@ def test_old_telemetry_expires(tmp_path: Path) -> None:
     clock.now += 2 * 3600
     fresh = put(box, Priority.POSITION)
     box.flush()
-    box.expire()
+    box.tick()  # the daemon's own rhythm evicts what is too old
     assert disk_ids(box.path) == fresh and disk_ids(box.path, alerts=True) == alert
     assert box.evictions == len(old)
 
@@ -143,29 +184,55 @@ def test_corrupt_database_is_moved_aside_and_reported(tmp_path: Path) -> None:
     assert disk_ids(path, alerts=True) == ids
 
 
-def test_sequence_numbers_are_never_reused_even_without_a_clean_close(tmp_path: Path) -> None:
+def test_every_start_is_a_new_boot_and_seq_counts_from_1_without_gaps(tmp_path: Path) -> None:
     box = make(tmp_path)
-    first = put(box, Priority.POSITION, 5)  # never committed: a kill -9 loses them
-    box._db.close()  # type: ignore[union-attr]  # no close(): as after kill -9
-    again = make(tmp_path)
-    assert again.seq.take() > max(first)
-    (tmp_path / "outbox.sqlite").unlink()  # even the database lost
+    first = [split(i) for i in put(box, Priority.POSITION, 5)]  # never committed: a kill -9 loses them
+    assert first == [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5)]
+    again = make(tmp_path)  # no close(): as after kill -9
+    assert [split(i) for i in put(again, Priority.EVENT, 2)] == [(2, 1), (2, 2)]
+    again.flush()
+    (tmp_path / "outbox.sqlite.boot").unlink()  # the boot record lost: the database still knows boot 2
     third = make(tmp_path)
-    assert third.seq.take() > SEQ_BLOCK
+    assert third.seq.boot == 3
+    boot_file = tmp_path / "outbox.sqlite.boot"
+    assert boot_file.stat().st_size == 64  # two slots, rewritten in place
+    data = bytearray(boot_file.read_bytes())
+    newest = max((0, 32), key=lambda at: int.from_bytes(data[at + 8:at + 16], "little"))
+    data[newest + 10] ^= 0xFF  # the newest slot torn: the other one still counts
+    boot_file.write_bytes(bytes(data))
+    assert make(tmp_path).seq.boot >= 3
 
 
-def test_disk_full_keeps_alerts_and_drops_telemetry(tmp_path: Path) -> None:
-    box = make(tmp_path)
-    assert box._db is not None
-    put(box, Priority.POSITION, 50)
-    box.flush()
-    page_count = box._db.execute("PRAGMA page_count").fetchone()[0]
-    box._db.execute(f"PRAGMA max_page_count = {page_count}")  # the disk is now full
-    put(box, Priority.POSITION, 400)
-    box.flush()
-    alert = put(box, Priority.ALERT)
-    assert alert[0] in disk_ids(box.path, alerts=True)
-    assert "disk_full" in box.faults and box.evictions > 0
+def test_a_full_card_keeps_alerts_in_ram_bounds_telemetry_and_writes_all_when_space_returns(tmp_path: Path) -> None:
+    """The real fault: the state dir on a 2 MB tmpfs, filled to ENOSPC by another file."""
+    with tmpfs(tmp_path / "state", "2m") as state:
+        clock = FakeTime()
+        faults: list[tuple[str, str]] = []
+        box = make(state, clock, faults, ram_ring=100)
+        put(box, Priority.POSITION, 10)
+        clock.now += 1.5
+        box.tick()
+        filler = fill(state)
+        for _ in range(300):  # 30 s at 10 positions a second
+            put(box, Priority.POSITION)
+            clock.now += 0.1
+            box.tick()
+        alert = put(box, Priority.ALERT)  # never refused
+        assert [r.id for r in box.lease(1)] == alert
+        assert "disk_full" in {code for code, _ in faults} and "disk_full" in box.faults
+        assert box.stats()["alerts_unsaved"] == 1
+        assert box.dropped > 0 and len(box._ram) <= 100  # the RAM ring holds 100; older ones dropped, counted
+        filler.unlink()
+        clock.now += outbox_module.RETRY_S + 0.1
+        box.tick()
+        assert ("cleared", "disk_full") in faults and "disk_full" not in box.faults
+        assert disk_ids(box.path, alerts=True) == alert
+        assert box.stats()["alerts_unsaved"] == 0 and box.stats()["held_in_ram"] == 0
+        box.close()
+        again = make(state, clock)
+        kept = [r.id for r in again.lease(1000)]
+        assert kept[0] == alert[0] and len(kept) >= 100 and again.stats()["dropped"] == box.dropped
+        again.close()
 
 
 @pytest.mark.parametrize("n", [1, 1200])
@@ -188,3 +255,40 @@ def test_an_unsent_alert_survives_an_eviction_of_telemetry(tmp_path: Path) -> No
     box.flush()  # over the bound: telemetry evicted, the read-ahead rebuilt
     assert box.evictions > 0
     assert box.lease(1)[0].id == alert[0]
+
+
+def test_the_newest_position_sent_first_is_not_sent_again_with_the_backlog(tmp_path: Path) -> None:
+    """After a reconnect the newest position goes first; once acknowledged it must not come out again
+    among the backlog (it stayed in the read-ahead heap while leased, and went out a second time)."""
+    clock = FakeTime()
+    box = make(tmp_path, clock)
+    on_disk = put(box, Priority.POSITION, 5)
+    clock.now += 1.5
+    box.tick()
+    in_ram = put(box, Priority.POSITION, 3)
+    newest = box.newest(Priority.POSITION)
+    assert newest is not None and newest.id == in_ram[-1]
+    box.ack([newest.id])
+    assert [r.id for r in box.lease(100)] == on_disk + in_ram[:-1]
+
+
+def test_a_backlog_left_by_the_previous_version_is_still_published(tmp_path: Path) -> None:
+    """Schema 1 rows (a seq unique across restarts, no boot) in a WAL database of 4 KiB pages, as the
+    previous version left them: they are this vehicle's own, and go out before the new boot's."""
+    from agent.rows import RowCheck
+    from agent.topics import Topics
+
+    legacy = (b'{"schema_version":1,"kind":"position","vehicle_id":"PV-1","seq":1042,"msg_id":"m-1042",'
+              b'"time":"2026-01-01T00:00:00.000Z","time_source":"gnss","reason":"interval","fix":null,'
+              b'"gnss_mode":1,"alert_id":null}')
+    db = sqlite3.connect(tmp_path / "outbox.sqlite")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(outbox_store.SCHEMA)
+    db.execute("INSERT INTO outbox VALUES (1042, 3, 'patrol/PV-1/position', ?, 1.0)", (legacy,))
+    db.commit()
+    db.close()
+    box = Outbox(tmp_path / "outbox.sqlite", OutboxConfig(), clock=FakeTime(), check=RowCheck(Topics("patrol", "PV-1")))
+    box.open()
+    new = box.accept(box.seq.take(), Priority.POSITION, "patrol/PV-1/position", b'{"x":1}')  # not checked: RAM
+    assert [(r.id, r.payload) for r in box.lease(10)] == [(1042, legacy), (new, b'{"x":1}')]
+    assert box.rejected == 0

@@ -9,7 +9,6 @@ exception raised inside a thread).
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import threading
 import time
@@ -21,36 +20,24 @@ import paho.mqtt.client as mqtt
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from agent.config import OutboxConfig
-from agent.messages import Priority
-from agent.outbox import Outbox
 from tests.support.agent_proc import AgentProcess, GnssFeeder, agent_config, positions
 from tests.support.broker import Mosquitto
 from tests.support.inproc import RunningAgent
 from tests.support.mqtt import Collector
 from tests.support.mqtt_proxy import Counts, MqttProxy
 from tests.support.pty_gnss import PtyGnss
+from tests.support.rows import plant
 
 VEHICLE = "PV-TEST-1"
 
 
 def backlog(state_dir: Path, count: int) -> None:
     """``count`` positions waiting in the outbox, as after an outage (written before the agent starts)."""
-    box = Outbox(state_dir / "outbox.sqlite", OutboxConfig(max_messages=count * 2, max_bytes=1 << 31))
-    box.open()
-    for _ in range(count):
-        seq = box.seq.take()
-        payload = json.dumps({"schema_version": 1, "kind": "position", "vehicle_id": VEHICLE, "seq": seq,
-                              "msg_id": f"m-{seq}", "time": "2026-01-01T00:00:00.000Z", "time_source": "gnss",
-                              "reason": "interval", "fix": None, "gnss_mode": 1, "alert_id": None},
-                             separators=(",", ":"))  # stored without "historical": added when published
-        box.accept(seq, Priority.POSITION, f"patrol/{VEHICLE}/position", payload.encode())
-    box.flush()
-    box.close()
+    plant(state_dir, VEHICLE, ["position"] * count)
 
 
 def seqs(collector: Collector, suffix: str) -> set[int]:
-    return {int(m.json()["seq"]) for m in collector.on(suffix)}
+    return {int(m.json()["seq"]) for m in collector.on(suffix) if "seq" in m.json()}
 
 
 @pytest.fixture
@@ -100,7 +87,7 @@ def test_a_link_taking_37_bytes_at_a_time_corrupts_no_packet(
             for _ in range(50):  # while the backlog drains
                 raised.append(running.on_core(lambda: alerts.raise_alert("test", test=True)).alert_id)
                 time.sleep(0.02)
-            dispatch.wait_for(lambda m: len({p["seq"] for p in positions(m)}) >= 5000
+            dispatch.wait_for(lambda m: len({(p["boot"], p["seq"]) for p in positions(m)}) >= 5000
                               and {a["alert_id"] for a in (x.json() for x in m if x.topic.endswith("/alert"))}
                               >= set(raised), timeout=120)
     finally:

@@ -22,14 +22,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import faults  # noqa: E402
+from tests.support import faults, storage_faults  # noqa: E402
 
 PLAN: list[tuple[Callable[[Path, int], faults.Outcome], int]] = [
     (faults.kill9, 100),
     (faults.broker_restarts, 20),
     (faults.half_open, 20),
     (faults.reset_and_delay, 10),
-    (faults.disk_full, 3),
+    (storage_faults.disk_full, 3),
+    (storage_faults.read_only, 3),
     (faults.corrupt_database, 5),
     (faults.unplug, 20),
     (faults.garbage, 50),
@@ -40,8 +41,9 @@ def table(outcomes: list[faults.Outcome]) -> str:
     rows = ["| fault | injected | times | alerts accepted / lost | seq reused | telemetry lost | observed |",
             "|---|---|---|---|---|---|---|"]
     for o in outcomes:
+        observed = "; ".join([*o.notes, *(f"PROBLEM: {x}" for x in o.problems)])
         rows.append(f"| {o.fault} | {o.injected} | {o.rounds} | {o.alerts_accepted} / {o.alerts_lost} | "
-                    f"{o.seq_reused} | {o.telemetry_lost} | {'; '.join(o.notes)} |")
+                    f"{o.seq_reused} | {o.telemetry_lost} | {observed} |")
     return "\n".join(rows)
 
 
@@ -65,18 +67,27 @@ def main() -> int:
 
 Produced by `make soak` (`tools/soak.py`, scenarios in `tests/support/faults.py`) on
 {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, Python {platform.python_version()},
-in {time.monotonic() - began:.0f} s. Anyone can re-run it; the fast subset of the same scenarios runs in
-every `make test` (`tests/test_faults.py`).
+in {time.monotonic() - began:.0f} s. Anyone can re-run it; a fast subset of the same scenarios runs in
+every `make test` (`tests/test_faults.py`, `tests/test_storage_faults.py`, and the 20- and 30-round kill -9
+tests of `tests/test_store_and_forward.py` and `tests/test_loss_audit.py`).
 
-Every scenario runs the real daemon (`patrol-agent run`, or the agent in-process where the test must reach
-its database) against a real mosquitto, with fixes fed through a pty at 5 Hz and a position reported for
-every fix, and judges by what a dispatch-side subscriber actually received:
+Every scenario runs the real daemon (`patrol-agent run`) against a real mosquitto, with fixes fed through a
+pty at 5 Hz and a position reported for every fix, and judges by what a dispatch-side subscriber actually
+received:
 
 - **alerts accepted / lost**: test alarms whose "accepted" (fsynced) reply reached the caller, and of those,
   any that never arrived at the subscriber;
-- **seq reused**: (vehicle id, sequence number) pairs seen with two different message ids;
+- **seq reused**: (vehicle id, boot, seq) seen with two different message ids;
 - **telemetry lost**: fixes fed while the agent ran that never arrived as positions, beyond the documented
-  commit window (`outbox.commit_window_ms`, 1 s) before a kill.
+  commit window (`outbox.commit_window_ms`, 1 s) before a kill; for the storage faults, any message
+  (boot, seq) produced before the final kill -9 that never arrived;
+- the kill -9 row also gives what dispatch's own audit (`patrol-agent dispatch audit`) finds in the capture:
+  gaps in (boot, seq), each of which must be at the end of its boot (followed only by fsynced alerts).
+
+The storage faults are real: the state dir on a small tmpfs filled to ENOSPC by another file, and on an
+ext4 card image that the kernel remounts read-only (as after a card's I/O errors) under the running daemon;
+each round also checks that the fault clears and that what waited in RAM is written once the card takes
+writes again (a kill -9 after the recovery, then everything produced before it must arrive).
 
 Result: **{'zero alerts lost, zero sequence numbers reused' if ok else 'FAILURES: see the table'}**.
 
@@ -85,7 +96,7 @@ Result: **{'zero alerts lost, zero sequence numbers reused' if ok else 'FAILURES
 Notes: the broker-restart scenario waits for the dispatch subscriber to be back before each kill: a
 broker killed with `kill -9` loses what it had queued for an absent subscriber (the test broker saves its
 state every second), which would measure mosquitto's persistence, not the agent. The agent deletes a
-message only on PUBACK; more positions than fixes are the at-least-once duplicates, told apart by seq.
+message only on PUBACK; more positions than fixes are the at-least-once duplicates, told apart by (boot, seq).
 GPIO bounce and stuck buttons are injected in `tests/test_panic.py` (timed edges on mock pins).
 """
     args.out.write_text(text)

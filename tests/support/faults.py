@@ -9,6 +9,7 @@ what the broker actually delivered to a dispatch-side subscriber.
 from __future__ import annotations
 
 import contextlib
+import io
 import random
 import sqlite3
 import time
@@ -18,11 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpiozero.pins.mock import MockFactory
-
+from agent.audit import audit
 from tests.support.agent_proc import AgentProcess, GnssFeeder, agent_config, positions
 from tests.support.broker import Mosquitto
-from tests.support.inproc import RunningAgent
 from tests.support.mqtt import Collector, Received
 from tests.support.proxy import TcpProxy
 from tests.support.pty_gnss import PtyGnss
@@ -40,10 +39,12 @@ class Outcome:
     seq_reused: int = 0
     telemetry_lost: str = "none"
     notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # anything here fails the scenario
 
     @property
     def ok(self) -> bool:
-        return self.alerts_lost == 0 and self.seq_reused == 0 and not self.telemetry_lost.startswith("LOST")
+        return (self.alerts_lost == 0 and self.seq_reused == 0 and not self.telemetry_lost.startswith("LOST")
+                and not self.problems)
 
 
 @contextlib.contextmanager
@@ -67,11 +68,12 @@ def alert_ids(messages: list[Received]) -> set[str]:
 
 
 def seq_reuses(messages: list[Received]) -> int:
-    by_seq: dict[tuple[str, int], set[str]] = defaultdict(set)
+    """(vehicle, boot, seq) seen with two message ids: a number given twice (duplicates share their id)."""
+    by_seq: dict[tuple[str, int, int], set[str]] = defaultdict(set)
     for message in messages:
         body = message.json()
         if isinstance(body, dict) and "seq" in body:
-            by_seq[(body["vehicle_id"], body["seq"])].add(body["msg_id"])
+            by_seq[(body["vehicle_id"], body.get("boot", 0), body["seq"])].add(body["msg_id"])
     return sum(1 for ids in by_seq.values() if len(ids) > 1)
 
 
@@ -79,11 +81,13 @@ def fix_times(messages: list[Received]) -> set[str]:
     return {p["fix"]["fix_time"] for p in positions(messages) if p.get("fix")}
 
 
-def accept_test_alarm(agent: AgentProcess, accepted: list[str]) -> None:
+def accept_test_alarm(agent: AgentProcess, accepted: list[str], replies: list[dict[str, Any]] | None = None) -> None:
     with contextlib.suppress(OSError, StopIteration, KeyError):
         reply = agent.first_reply("panic_test", timeout=2)
         if reply.get("stage") == "accepted":
             accepted.append(reply["alert_id"])
+            if replies is not None:
+                replies.append(reply)
 
 
 def telemetry_gaps(feeder: GnssFeeder, delivered: set[str], lifetimes: list[tuple[float, float]]) -> list[str]:
@@ -121,6 +125,11 @@ def finish(outcome: Outcome, messages: list[Received], accepted: list[str], lost
 
 
 def kill9(workdir: Path, rounds: int, seed: int = 1) -> Outcome:
+    return kill9_capture(workdir, rounds, seed)[0]
+
+
+def kill9_capture(workdir: Path, rounds: int, seed: int = 1) -> tuple[Outcome, list[Received], list[dict[str, Any]]]:
+    """The kill -9 scenario; also returns what dispatch received and the "accepted" replies of the test alarms."""
     rng = random.Random(seed)
     outcome = Outcome("agent killed (kill -9)", "SIGKILL at a random moment 0.3-1.8 s into each run", rounds,
                       telemetry_lost=f"at most the {COMMIT_WINDOW_S:g} s commit window before each kill")
@@ -128,6 +137,7 @@ def kill9(workdir: Path, rounds: int, seed: int = 1) -> Outcome:
         agent = AgentProcess(workdir, cfg)
         feeder = GnssFeeder(device, rate_hz=5).start()
         accepted: list[str] = []
+        replies: list[dict[str, Any]] = []
         lifetimes = []
         try:
             for _ in range(rounds):
@@ -135,7 +145,7 @@ def kill9(workdir: Path, rounds: int, seed: int = 1) -> Outcome:
                 began = time.monotonic()
                 deadline = began + rng.uniform(0.3, 1.8)
                 while time.monotonic() < deadline:
-                    accept_test_alarm(agent, accepted)
+                    accept_test_alarm(agent, accepted, replies)
                     time.sleep(rng.uniform(0.05, 0.4))
                 agent.kill9()
                 lifetimes.append((began, time.monotonic()))
@@ -145,12 +155,30 @@ def kill9(workdir: Path, rounds: int, seed: int = 1) -> Outcome:
         finally:
             feeder.stop()
             agent.kill9()
-        with sqlite3.connect(workdir / "state" / "outbox.sqlite") as db:
-            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                outcome.notes.append("DATABASE DOES NOT OPEN")
+        for name in ("outbox.sqlite", "outbox-alerts.sqlite"):
+            with sqlite3.connect(workdir / "state" / name) as db:
+                if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                    outcome.problems.append(f"{name} DOES NOT OPEN")
         messages = list(collector.messages)
         lost = telemetry_gaps(feeder, fix_times(messages), lifetimes)
-    return finish(outcome, messages, accepted, lost)
+    note = audit_note(messages)
+    (outcome.problems if " EXCEPT " in note else outcome.notes).append(note)
+    return finish(outcome, messages, accepted, lost), messages, replies
+
+
+def audit_note(messages: list[Received]) -> str:
+    """What dispatch's audit (``patrol-agent dispatch audit``) says of what was received; a gap followed
+    in its boot by anything but alerts (fsynced at once) would be a loss in the middle of a boot."""
+    report = audit(io.StringIO("\n".join(m.payload.decode("utf-8", "replace") for m in messages)))
+    kinds = {(b["boot"], b["seq"]): b["kind"] for b in (m.json() for m in messages) if "seq" in b}
+    boots = [b for bs in report.vehicles.values() for b in bs]
+    gaps = [(b, g) for b in boots for g in b.gaps]
+    middle = [g for b, g in gaps if any(kinds.get((b.boot, s)) not in (None, "alert")
+                                        for s in range(g.end + 1, b.last + 1))]
+    widest = max((g.missing for _, g in gaps), default=0)
+    return (f"audit: {len(boots)} boots, {report.missing} messages missing in {len(gaps)} gaps, each at the end "
+            f"of its boot{'' if not middle else f' EXCEPT {len(middle)}'} (at most {widest} in one), "
+            f"{sum(b.duplicates for b in boots)} duplicates, {report.reused} numbers reused")
 
 
 def broker_restarts(workdir: Path, rounds: int) -> Outcome:
@@ -298,45 +326,6 @@ def corrupt_database(workdir: Path, rounds: int) -> Outcome:
     if moved < rounds or reported < rounds:
         outcome.telemetry_lost = "LOST: a corrupt database was not handled"
     return outcome
-
-
-def disk_full(workdir: Path, rounds: int) -> Outcome:
-    outcome = Outcome("disk full", "SQLite max_page_count pinned at the current size, broker down, "
-                      "then alerts raised", rounds, telemetry_lost="oldest telemetry evicted (by design), counted")
-    workdir.mkdir(parents=True, exist_ok=True)
-    accepted: list[str] = []
-    with rig(workdir, reporting__moving_interval_s=0.05, reporting__stopped_interval_s=0.05) as (
-            broker, device, collector, cfg):
-        feeder = GnssFeeder(device, rate_hz=10).start()
-        with RunningAgent(cfg, MockFactory()) as running:
-            try:
-                collector.wait_for(lambda m: len(positions(m)) >= 3)
-                broker.stop()
-                for _ in range(rounds):
-                    time.sleep(1.5)
-
-                    def fill() -> None:
-                        db = running.agent.outbox._db
-                        assert db is not None
-                        pages = db.execute("PRAGMA page_count").fetchone()[0]
-                        db.execute(f"PRAGMA max_page_count = {pages}")
-
-                    running.on_core(fill)
-                    time.sleep(1.5)  # telemetry keeps coming: the disk is full
-                    panic = running.agent.alerts
-                    assert panic is not None
-                    alert = running.on_core(lambda p=panic: p.raise_alert("test", test=True))
-                    accepted.append(alert.alert_id)
-                stats = running.on_core(lambda: dict(running.agent.outbox.stats()))
-                faults = running.on_core(lambda: list(running.agent.outbox.faults))
-                broker.start()
-                collector.wait_for(lambda m: set(accepted) <= alert_ids(m), timeout=30)
-            finally:
-                feeder.stop()
-    outcome.notes.append(f"evictions {stats['evictions']}, faults {faults}")
-    if "disk_full" not in faults:
-        outcome.telemetry_lost = "LOST: disk full not reported"
-    return finish(outcome, list(collector.messages), accepted, [])
 
 
 def reset_and_delay(workdir: Path, rounds: int) -> Outcome:
