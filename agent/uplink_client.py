@@ -26,6 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from agent import statedir
 from agent.config import MqttConfig
 from agent.link_policy import SESSION_EXPIRY_S, Broker, tls_context
 
@@ -155,7 +156,9 @@ class VersionMemory:
         if self._path is None:
             return {}
         try:
-            data = json.loads(self._path.read_text())
+            fd = statedir.open_file(self._path, os.O_RDONLY)
+            with os.fdopen(fd, "rb") as stream:
+                data = json.loads(stream.read(65536))
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
@@ -183,7 +186,9 @@ class VersionMemory:
         self._entries = entries
         temporary = self._path.with_name(self._path.name + ".tmp")
         try:
-            temporary.write_text(json.dumps(entries, indent=1, sort_keys=True))
+            fd = statedir.open_file(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            with os.fdopen(fd, "w") as stream:
+                stream.write(json.dumps(entries, indent=1, sort_keys=True))
             os.replace(temporary, self._path)
         except OSError as exc:
             log.warning("cannot write %s (%s): MQTT versions will be found again after a restart", self._path, exc)
