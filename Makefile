@@ -32,10 +32,7 @@ api-docs: setup
 	$(BIN)/python -m agent.apidoc --write
 
 bench: setup
-	$(BIN)/python benchmarks/gnss_decoder.py
-	$(BIN)/python benchmarks/gnss_reader_cpu.py
-	$(BIN)/python benchmarks/outbox_drain.py
-	$(BIN)/python benchmarks/disk_writes.py
+	$(BIN)/python benchmarks/run.py
 
 soak: setup
 	$(BIN)/python tools/soak.py
