@@ -130,7 +130,8 @@ class Agent:
                              subscriptions=[self.topics.command, self.topics.alert_ack], will=will,
                              post=self.inbox.put, versions=cfg.state_dir / "mqtt-versions.json")
         forwarder = self.forwarder = Forwarder(cfg.mqtt, self.outbox, self.uplink, clock,
-                              online_status=lambda: (self.topics.status, status_message(sender, cfg, "online")),
+                              online_status=lambda generation: (self.topics.status, status_message(
+                                  sender, cfg, "online", connection=generation)),
                               faults=faults)
         positioning = self.positioning = Positioning(cfg.gnss, clock, faults)
         reporting = Reporting(cfg.reporting, sender, positioning)

@@ -47,14 +47,14 @@ class LinkState:
 
 class Forwarder:
     def __init__(self, cfg: MqttConfig, outbox: Outbox, uplink: Uplink, clock: Clock, *,
-                 online_status: Callable[[], tuple[str, bytes]], faults: Faults) -> None:
+                 online_status: Callable[[int], tuple[str, bytes]], faults: Faults) -> None:
         self._cfg = cfg
         self._outbox = outbox
         self._uplink = uplink
         self._clock = clock
         self._faults = faults
         self.link = LinkState()
-        self._online_status = online_status  # the retained "online" status, built afresh at each link-up
+        self._online_status = online_status  # the retained "online" status of a connection, built at its link-up
         self._handed: set[int] = set()  # row ids handed to the uplink on this connection
         self._link_up_wall: float | None = None
         self._newest_due = False
@@ -74,7 +74,7 @@ class Forwarder:
                 alerts = self._outbox.lease(10, max_priority=Priority.ALERT)
                 if alerts:
                     self._submit(alerts, urgent=True)  # open alerts before anything else
-                topic, payload = self._online_status()
+                topic, payload = self._online_status(generation)
                 self._uplink.publish(generation, topic, payload, retain=True)
                 self.pump()
             case LinkDown(generation=generation, reason=reason):

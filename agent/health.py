@@ -40,9 +40,12 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.0f} h"
 
 
-def status_message(sender: Sender, cfg: AgentConfig, state: str, reason: str | None = None) -> bytes:
+def status_message(sender: Sender, cfg: AgentConfig, state: str, reason: str | None = None, *,
+                   connection: int | None = None) -> bytes:
+    """The retained status; the uplink sets ``connection`` in the will and the last words
+    (``agent.uplink_client.for_connection``), the forwarder in the online status."""
     status = Status(**sender.envelope(stored=False), state=state, agent_version=__version__, unit=cfg.vehicle.unit,
-                    directorate=cfg.vehicle.directorate, reason=reason)
+                    directorate=cfg.vehicle.directorate, reason=reason, connection=connection)
     return status.model_dump_json().encode()
 
 

@@ -164,6 +164,13 @@ class Status(Envelope):
     unit: str
     directorate: str
     reason: str | None = Field(default=None, description="offline: 'shutdown' or 'connection lost' (the will)")
+    connection: int | None = Field(
+        default=None, ge=1,
+        description="the connection to the broker this status belongs to, numbered within the boot (increasing, "
+                    "not contiguous): the online "
+                    "status and the will of one connection carry the same number. Order statuses by (boot, "
+                    "connection), offline after online; not by time: a will is made when its connection is "
+                    "opened, before that connection's online status")
 
 
 class InputEvent(Message):

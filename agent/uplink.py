@@ -212,7 +212,8 @@ class Uplink:
         self._connacked = False
         self._publish_refused = False
         try:
-            client = wire.make_client(self._cfg, broker, protocol, client_id=self._client_id, will=self._will,
+            will = (self._will[0], wire.for_connection(self._will[1], generation))
+            client = wire.make_client(self._cfg, broker, protocol, client_id=self._client_id, will=will,
                                       callbacks=self._callbacks(broker, protocol, generation))
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._fault("link_setup_failed", f"cannot set up the connection to {broker.display}: {describe(exc)}")
@@ -309,7 +310,7 @@ class Uplink:
                 case _Stop(last_words=words):
                     self._stopping = True
                     if words is not None and self._connected:
-                        self._publish(client, None, words[0], words[1], retain=True)
+                        self._publish(client, None, words[0], wire.for_connection(words[1], generation), retain=True)
                     stop = True
                 case _:
                     pass  # for a connection that is gone: its LinkDown released the rows

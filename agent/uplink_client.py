@@ -16,6 +16,7 @@ import re
 import select
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,15 @@ def connect_args(protocol: str) -> dict[str, Any]:
     props.SessionExpiryInterval = SESSION_EXPIRY_S
     props.MaximumPacketSize = MAX_INBOUND_BYTES
     return {"clean_start": False, "properties": props}
+
+
+def for_connection(status: bytes, connection: int) -> bytes:
+    """A status message (the will, the last words) stamped with the connection it belongs to, and a
+    message id of its own: a dispatcher orders statuses by (boot, connection), not by their time."""
+    fields = json.loads(status)
+    fields["connection"] = connection
+    fields["msg_id"] = str(uuid.uuid4())
+    return json.dumps(fields, separators=(",", ":")).encode()
 
 
 def make_client(cfg: MqttConfig, broker: Broker, protocol: str, *, client_id: str, will: tuple[str, bytes],

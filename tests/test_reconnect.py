@@ -113,3 +113,47 @@ def test_another_client_taking_the_vehicles_session_is_a_fault(
         assert "another client" in faults["session_taken_over"]
     finally:
         agent.kill9()
+
+
+def test_a_will_belongs_to_its_connection_and_orders_after_that_connections_online_status(
+        tmp_path: Path, broker: Mosquitto, gnss_pty: PtyGnss) -> None:
+    """Three connections lost without a DISCONNECT (the broker publishes each one's will): ordered by
+    (boot, connection), offline after online, the statuses say what is true at every moment, and each
+    will is the will of the connection it ended, with a message id of its own."""
+    from tests.support.agent_proc import AgentProcess
+    from tests.support.proxy import TcpProxy
+
+    proxy = TcpProxy(broker.port)
+    cfg = agent_config(tmp_path, proxy.port, gnss_pty.path, mqtt__backoff_initial_s=0.2, mqtt__backoff_max_s=0.5)
+    dispatch = Collector(broker.port, "patrol/+/status", client_id="test-status-order")
+    agent = AgentProcess(tmp_path, cfg)
+    agent.start()
+    try:
+        for cut in range(3):
+            dispatch.wait_for(lambda m, c=cut: sum(1 for x in m if x.json()["state"] == "online") > c, timeout=15)
+            time.sleep(0.3)
+            proxy.set_mode("reset")  # the broker sees the connection die: it publishes that connection's will
+            dispatch.wait_for(lambda m, c=cut: sum(1 for x in m if x.json()["state"] == "offline") > c, timeout=15)
+        dispatch.wait_for(lambda m: sum(1 for x in m if x.json()["state"] == "online") >= 4, timeout=15)
+        time.sleep(0.5)
+        statuses = [m.json() for m in dispatch.messages]
+        agent.kill9()  # the fourth connection ends too: its will comes
+        dispatch.wait_for(lambda m: sum(1 for x in m if x.json()["state"] == "offline") >= 4, timeout=15)
+        after_kill = [m.json() for m in dispatch.messages]
+    finally:
+        agent.kill9()
+        proxy.close()
+    online = [s for s in statuses if s["state"] == "online"]
+    wills = [s for s in statuses if s["state"] == "offline"]
+    assert all(s["reason"] == "connection lost" for s in wills)
+    assert all(isinstance(s.get("connection"), int) for s in statuses), statuses
+    assert [w["connection"] for w in wills] == [o["connection"] for o in online[:3]], (
+        "each will names the connection it ended")
+    assert len({s["msg_id"] for s in statuses}) == len(statuses), "every status has a message id of its own"
+    rank = {"online": 0, "offline": 1}
+    latest = max(statuses, key=lambda s: (s["boot"], s["connection"], rank[s["state"]]))
+    assert latest["state"] == "online" and latest["connection"] == online[-1]["connection"], (
+        "ordered as the API says, the unit is online on its newest connection")
+    latest = max(after_kill, key=lambda s: (s["boot"], s["connection"], rank[s["state"]]))
+    assert latest["state"] == "offline" and latest["connection"] == online[-1]["connection"], (
+        "once that connection is lost too, the unit is offline")
