@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gpiozero.pins.mock import MockFactory
@@ -17,7 +18,7 @@ from agent.link_policy import LinkPolicy
 from tests.support.agent_proc import GnssFeeder, agent_config, positions
 from tests.support.broker import Mosquitto
 from tests.support.inproc import RunningAgent
-from tests.support.mqtt import Collector
+from tests.support.mqtt import Collector, Received
 from tests.support.pty_gnss import PtyGnss
 
 
@@ -129,11 +130,14 @@ def test_a_will_belongs_to_its_connection_and_orders_after_that_connections_onli
     agent = AgentProcess(tmp_path, cfg)
     agent.start()
     try:
+        def count(state: str) -> Callable[[list[Received]], int]:
+            return lambda m: sum(1 for x in m if x.json()["state"] == state)
+
         for cut in range(3):
-            dispatch.wait_for(lambda m, c=cut: sum(1 for x in m if x.json()["state"] == "online") > c, timeout=15)
+            dispatch.wait_for(lambda m: count("online")(m) > cut, timeout=15)  # noqa: B023 (waited on at once)
             time.sleep(0.3)
             proxy.set_mode("reset")  # the broker sees the connection die: it publishes that connection's will
-            dispatch.wait_for(lambda m, c=cut: sum(1 for x in m if x.json()["state"] == "offline") > c, timeout=15)
+            dispatch.wait_for(lambda m: count("offline")(m) > cut, timeout=15)  # noqa: B023
         dispatch.wait_for(lambda m: sum(1 for x in m if x.json()["state"] == "online") >= 4, timeout=15)
         time.sleep(0.5)
         statuses = [m.json() for m in dispatch.messages]
