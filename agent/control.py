@@ -23,6 +23,7 @@ import queue
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 64 * 1024
+MAX_CLIENTS = 16  # connections served at once; beyond, a client is told "busy" and closed
+REQUEST_DEADLINE_S = 5.0  # for the whole request line: a client dripping bytes is not waited for
 SOCKET_NAME = "control.sock"
 _END = object()
 
@@ -65,6 +68,8 @@ class ControlServer:
         self._max_wait_s = max_wait_s
         self._sock: socket.socket | None = None
         self._stop = threading.Event()
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self.turned_away = 0
 
     def open(self) -> None:
         """Bind the socket (before READY=1: a technician's command works as soon as systemd says so)."""
@@ -104,16 +109,38 @@ class ControlServer:
                 if self._stop.is_set():
                     return
                 continue
-            threading.Thread(target=self._handle, args=(conn,), name="control-conn", daemon=True).start()
+            if not self._slots.acquire(blocking=False):
+                self._turn_away(conn)
+                continue
+            threading.Thread(target=self._serve, args=(conn,), name="control-conn", daemon=True).start()
+
+    def _turn_away(self, conn: socket.socket) -> None:
+        """Every slot taken (a stuck or hostile local client): this one is told so at once, never queued."""
+        self.turned_away += 1
+        if self.turned_away in (1, 10, 100) or self.turned_away % 1000 == 0:
+            log.warning("control socket: %d connections at once; %d turned away so far", MAX_CLIENTS,
+                        self.turned_away)
+        with conn:
+            conn.setblocking(False)
+            with contextlib.suppress(OSError):
+                conn.send(json.dumps({"ok": False, "error": "busy: too many control connections at once"}).encode()
+                          + b"\n")
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            self._handle(conn)
+        finally:
+            self._slots.release()
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
-            conn.settimeout(5.0)
+            conn.settimeout(REQUEST_DEADLINE_S)
             try:
                 request = self._read_request(conn)
             except (OSError, ValueError) as exc:
                 _send(conn, {"ok": False, "error": f"bad request: {exc}"})
                 return
+            conn.settimeout(REQUEST_DEADLINE_S)  # for each reply: a client that never reads is let go
             self._post(request)
             waited = 0.0
             while True:
@@ -137,7 +164,12 @@ class ControlServer:
     @staticmethod
     def _read_request(conn: socket.socket) -> ControlRequest:
         data = b""
+        deadline = time.monotonic() + REQUEST_DEADLINE_S
         while b"\n" not in data:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ValueError(f"no complete request line in {REQUEST_DEADLINE_S:.0f} s")
+            conn.settimeout(left)
             chunk = conn.recv(4096)
             if not chunk:
                 break

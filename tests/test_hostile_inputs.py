@@ -213,3 +213,55 @@ def test_non_finite_numbers_and_year_9999_from_the_receiver_are_dropped_and_coun
         assert fix is None or (fix["lat"] != 0 and abs(fix["lat"] - 42.6977) < 0.01), report
         assert not report["time"].startswith("9999"), report
     assert "internal_error" not in status["faults"], status["faults_detail"]
+
+
+def threads_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+def test_a_flood_of_silent_local_clients_neither_grows_the_daemon_nor_locks_technicians_out(
+        daemon: AgentProcess) -> None:
+    """300 local connections that never send a line, and one that drips a byte a second: the daemon
+    holds a bounded number of them (the rest are told "busy" at once), lets the silent ones go after
+    the request deadline, and answers a technician's status again."""
+    assert daemon.proc is not None
+    before = threads_of(daemon.proc.pid)
+    path = str(daemon.runtime_dir / SOCKET_NAME)
+    silent = []
+    for _ in range(300):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        silent.append(sock)
+    dripping = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dripping.settimeout(1)
+    try:
+        time.sleep(1.0)
+        during = threads_of(daemon.proc.pid)
+        turned_away = silent[-1]
+        turned_away.settimeout(5)
+        busy = json.loads(turned_away.recv(4096).split(b"\n")[0])
+        for sock in silent:
+            sock.close()
+        time.sleep(1.0)
+        dripping_cut = False
+        dripping.connect(path)
+        with contextlib.suppress(OSError):
+            for _ in range(15):
+                dripping.sendall(b"{")
+                time.sleep(1)
+                with contextlib.suppress(TimeoutError, BlockingIOError):
+                    if dripping.recv(4096, socket.MSG_DONTWAIT):
+                        dripping_cut = True
+                        break
+        reply = daemon.ask("status", timeout=10)
+    finally:
+        for sock in (*silent, dripping):
+            sock.close()
+    assert during - before <= 20, f"{during - before} more threads for 300 silent clients"
+    assert busy["ok"] is False and "busy" in busy["error"]
+    assert dripping_cut, "a client dripping a byte a second is answered and let go"
+    assert reply and reply[-1]["ok"] is True, reply
+    assert daemon.running
