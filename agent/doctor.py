@@ -92,7 +92,7 @@ def check_disk(report: Report, cfg: AgentConfig) -> None:
     free = vfs.f_bavail * vfs.f_frsize
     need = cfg.outbox.max_bytes * 2
     result = PASS if free >= need else (WARN if free >= cfg.outbox.max_bytes // 4 else FAIL)
-    detail = f"{free / 1e6:,.0f} MB free for the outbox (bounded at {cfg.outbox.max_bytes / 1e6:g} MB)"
+    detail = f"{free / 1e6:,.0f} MB free for the outbox (bounded at {cfg.outbox.max_bytes / 1e6:,.0f} MB)"
     report.add("disk", result, detail, "" if result == PASS else "free space on the SD card")
 
 

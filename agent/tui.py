@@ -25,6 +25,7 @@ import textwrap
 import time
 import tty
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -50,6 +51,16 @@ def _num(value: Any, fmt: str = ".1f", unit: str = "") -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "-"
     return f"{value:{fmt}}{unit}"
+
+
+def _clock_time(iso: Any) -> str:
+    """``2026-11-30T04:48:40.092516+00:00`` as ``04:48:40Z``: the day is today's on a live view."""
+    if not isinstance(iso, str):
+        return "-"
+    try:
+        return datetime.fromisoformat(iso).astimezone(UTC).strftime("%H:%M:%SZ")
+    except ValueError:
+        return iso[:32]
 
 
 def _age(seconds: Any) -> str:
@@ -120,7 +131,7 @@ def _alert_row(status: dict[str, Any]) -> str:
         return "[green]none[/]"
     if isinstance(emergency, dict):
         return (f"[bold red]EMERGENCY {str(emergency.get('state', '')).upper()}[/] {emergency.get('alert_id')}, "
-                f"raised {emergency.get('raised_at') or '-'} ({_age(emergency.get('age_s'))} ago)")
+                f"raised {_clock_time(emergency.get('raised_at'))} ({_age(emergency.get('age_s'))} ago)")
     return f"[bold red]EMERGENCY[/] {emergency}"
 
 
