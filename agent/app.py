@@ -38,6 +38,7 @@ from agent.events import (
 )
 from agent.forwarder import Forwarder
 from agent.health import Health, status_message
+from agent.inbox import Inbox
 from agent.notify import Notifier
 from agent.outbox import Outbox
 from agent.positioning import Positioning
@@ -85,7 +86,7 @@ class Agent:
     def __init__(self, cfg: AgentConfig, *, pin_factory: Any = None, config_path: Path | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
-        self.inbox: queue.Queue[Event] = queue.Queue()
+        self.inbox: queue.Queue[Event] = Inbox()
         self.clock = Clock()
         self.notifier = Notifier()
         self.supervisor = Supervisor(self.inbox.put)

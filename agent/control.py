@@ -137,8 +137,8 @@ class ControlServer:
             conn.settimeout(REQUEST_DEADLINE_S)
             try:
                 request = self._read_request(conn)
-            except (OSError, ValueError) as exc:
-                _send(conn, {"ok": False, "error": f"bad request: {exc}"})
+            except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
+                _send(conn, {"ok": False, "error": f"bad request: {str(exc)[:200]}"})
                 return
             conn.settimeout(REQUEST_DEADLINE_S)  # for each reply: a client that never reads is let go
             self._post(request)

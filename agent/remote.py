@@ -26,6 +26,8 @@ from agent.unit import RateLimit, Sender
 log = logging.getLogger(__name__)
 
 MAX_REMEMBERED = 50_000  # command ids kept for de-duplication (each until its expiry)
+COMMAND_BURST = 20  # commands run at once; beyond, rejected as rate limited (the reply says so)
+COMMANDS_PER_S = 5.0  # a dispatcher sends a handful a minute; a flood is a fault or an attack
 
 
 class RemoteCommands:
@@ -42,6 +44,8 @@ class RemoteCommands:
         self._log_limit = RateLimit(burst=10, per_s=1.0)
         self._event_limit = RateLimit(burst=20, per_s=1.0)
         self._reply_limit = RateLimit(burst=100, per_s=20.0)
+        self._run_limit = RateLimit(burst=COMMAND_BURST, per_s=COMMANDS_PER_S)  # commands run, not just parsed
+        self._accepted_log = RateLimit(burst=10, per_s=1.0)
         self.rejected = 0
 
     def handle(self, event: Event, now: float) -> None:
@@ -75,8 +79,16 @@ class RemoteCommands:
             self._rejected(now, command.verb, command.command_id, "duplicate: this command id has already run",
                            verb=command.verb)
             return
+        if self._run_limit.allow(now) is None:
+            self._rejected(now, command.verb, command.command_id,
+                           f"rate limited: more than {COMMANDS_PER_S:g} commands a second; send it again later",
+                           verb=command.verb)
+            return
         self._remember(command.command_id, command.expires_at)
-        log.info("command %s (%s) accepted", command.verb, command.command_id)
+        held = self._accepted_log.allow(now)
+        if held is not None:
+            more = f" ({held} more accepted since the last report)" if held else ""
+            log.info("command %s (%s) accepted%s", command.verb, command.command_id, more)
         ok, detail = self._run(command.verb, args, now)
         self._reply(command.command_id, command.verb, ok=ok, detail=detail)
 

@@ -116,3 +116,56 @@ def test_a_30_second_command_flood_logs_fewer_than_100_lines_and_the_unit_stays_
     assert any("more rejected since the last report" in line for line in lines), "the count of those held back"
     assert vehicle.running
     print(f"{sent} commands in 30 s, {len(lines)} log lines, status answered within {slowest * 1000:.0f} ms")
+
+
+def test_a_flood_of_valid_commands_is_rate_limited_and_cannot_hold_back_an_alarm(
+        vehicle: AgentProcess, dispatch: Client) -> None:
+    """A dispatch identity gone wrong sends fresh, well-formed, unique commands as fast as it can:
+    only a few a second run (the rest are refused as rate limited, the refusals counted, not logged
+    one by one), and a test alarm raised in the middle reaches dispatch while the flood goes on."""
+    import threading
+
+    before = len(vehicle.log.read_text().splitlines())
+    stop = threading.Event()
+    sent = [0]
+
+    def flood() -> None:
+        while not stop.is_set():
+            now = datetime.now(UTC)
+            body = json.dumps({"command_id": f"flood-{sent[0]}", "vehicle_id": VICTIM, "verb": "report_position",
+                               "args": {}, "issued_at": now.isoformat(),
+                               "expires_at": (now + timedelta(minutes=5)).isoformat()}).encode()
+            dispatch.client.publish(TOPIC, body, qos=0)
+            sent[0] += 1
+            if sent[0] % 200 == 0:
+                time.sleep(0.01)
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    began = time.monotonic()
+    flooder.start()
+    try:
+        time.sleep(5)
+        asked = time.monotonic()
+        assert vehicle.first_reply("panic_test", timeout=10)["stage"] == "accepted"
+        arrived = None
+        while time.monotonic() - asked < 30 and arrived is None:
+            if any(t.endswith("/alert") for t, _ in list(dispatch.messages)):
+                arrived = time.monotonic() - asked
+            time.sleep(0.01)
+        time.sleep(5)
+    finally:
+        stop.set()
+        flooder.join()
+    flooded_s = time.monotonic() - began
+    time.sleep(2)
+    lines = vehicle.log.read_text().splitlines()[before:]
+    answered = [json.loads(p) for t, p in list(dispatch.messages) if t.endswith("/reply")]
+    ran = [r for r in answered if r["ok"]]
+    print(f"\n{sent[0]} valid commands in {flooded_s:.0f} s: {len(ran)} ran, {len(answered) - len(ran)} refusals "
+          f"answered, {len(lines)} log lines; test alarm at dispatch {arrived} s after it was asked for")
+    assert sent[0] > 5_000, sent
+    assert arrived is not None and arrived < 3.0, "the alarm reaches dispatch during the flood"
+    assert len(ran) <= 20 + 5 * (flooded_s + 3), f"{len(ran)} commands ran in {flooded_s:.0f} s"
+    assert any("rate limited" in r["detail"] for r in answered if not r["ok"])
+    assert len(lines) < 100, f"{len(lines)} log lines:\n" + "\n".join(lines[:20])
+    assert vehicle.running

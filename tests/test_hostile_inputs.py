@@ -265,3 +265,14 @@ def test_a_flood_of_silent_local_clients_neither_grows_the_daemon_nor_locks_tech
     assert dripping_cut, "a client dripping a byte a second is answered and let go"
     assert reply and reply[-1]["ok"] is True, reply
     assert daemon.running
+
+
+def test_deeply_nested_json_on_the_control_socket_is_a_bad_request_not_a_traceback(daemon: AgentProcess) -> None:
+    before = len(daemon.log.read_text().splitlines())
+    answers = [control(daemon, b'{"cmd": "status", "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}")
+               for _ in range(20)]
+    time.sleep(0.5)
+    lines = daemon.log.read_text().splitlines()[before:]
+    assert all(json.loads(a.split(b"\n")[0])["ok"] is False for a in answers), answers[:1]
+    assert not any("Traceback" in line for line in lines), "\n".join(lines[:30])
+    assert daemon.ask("status")[-1]["ok"] is True
