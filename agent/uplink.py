@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 LAST_WORDS_WAIT_S = 2.0
 TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason: session taken over
+STABLE_S = 60.0  # a connection up this long without an oversized packet clears inbound_too_large
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,7 @@ class Uplink:
         self._stopping = False
         # uplink thread only, from here on
         self._generation = 0
+        self._was_oversized = False
         self._connected = False
         self._inflight: dict[int, tuple[int | None, float]] = {}  # mid -> (token or None, published at)
         self._queue: deque[tuple[int, str, bytes]] = deque()  # tracked, waiting for room in the window
@@ -241,12 +243,17 @@ class Uplink:
                 worker.beat()
                 rc = wire.step(client, self._wake_r)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    if isinstance(client, wire.BoundedClient) and client.oversized is not None:
+                        self._oversized(broker, client.oversized)
                     closed = not self._connacked and self._refused is None
                     reason = (f"the broker closed the connection without answering CONNECT (MQTT {protocol})"
                               if closed else self._refused or mqtt.error_string(rc))
                     break
                 if self._connected and up_since is None:
                     up_since = self._clock()
+                if up_since is not None and self._clock() - up_since > STABLE_S and self._was_oversized:
+                    self._was_oversized = False
+                    self._clear("inbound_too_large")
                 if self._serve_inbox(client, generation):
                     self._say_last_words(worker, client)
                     return 0.0
@@ -265,6 +272,12 @@ class Uplink:
         self._lost(broker, generation, reason, reached=True, lasted=lasted, was_up=up_since is not None,
                    closed=closed)
         return lasted
+
+    def _oversized(self, broker: Broker, size: int) -> None:
+        self._was_oversized = True
+        self._fault("inbound_too_large", f"{broker.display} sent a packet of {size:,} bytes (over "
+                                         f"{wire.MAX_INBOUND_BYTES:,}): connection dropped before reading it; set "
+                                         "the broker's max_packet_size, or use MQTT 5")
 
     def _overdue(self, started: float) -> str:
         now = self._clock()

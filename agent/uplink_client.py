@@ -9,6 +9,7 @@ date. Nothing here is shared with another thread.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -57,12 +58,33 @@ def for_connection(status: bytes, connection: int) -> bytes:
     return json.dumps(fields, separators=(",", ":")).encode()
 
 
+class BoundedClient(mqtt.Client):
+    """paho's client, refusing to read an incoming packet longer than ``MAX_INBOUND_BYTES``.
+
+    MQTT 5 announces the limit in CONNECT and the broker drops what is longer;
+    MQTT 3.1.1 cannot say it, and paho would hold the whole packet in memory
+    (a 200 MB command, 200 MB of RAM). The packet's length is known from its
+    fixed header: past the limit, not one byte of its body is read and the
+    connection is dropped (``oversized`` says how long it was).
+    """
+
+    oversized: int | None = None
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        packet = self._in_packet
+        if packet["have_remaining"] and packet["remaining_length"] > MAX_INBOUND_BYTES:
+            self.oversized = int(packet["remaining_length"])
+            raise OSError(errno.EMSGSIZE, f"an incoming packet of {self.oversized:,} bytes, over the "
+                                          f"{MAX_INBOUND_BYTES:,}-byte limit")
+        return super()._sock_recv(bufsize)
+
+
 def make_client(cfg: MqttConfig, broker: Broker, protocol: str, *, client_id: str, will: tuple[str, bytes],
                 callbacks: dict[str, Callable[..., None]]) -> mqtt.Client:
     """A client for one attempt: MQTT 5 or 3.1.1 with clean session off, the will, TLS and credentials;
     ``callbacks`` are paho's ``on_connect``, ``on_disconnect``... set as given."""
     v5 = protocol == "5"
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+    client = BoundedClient(CallbackAPIVersion.VERSION2, client_id=client_id,
                          protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, clean_session=None if v5 else False)
     client.max_inflight_messages_set(cfg.inflight_window + 20)  # alerts may pass a full window
     client.max_queued_messages_set(0)

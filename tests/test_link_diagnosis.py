@@ -101,3 +101,37 @@ def test_a_refused_alert_publish(tmp_path: Path, pki: Path, gnss_pty: PtyGnss) -
     finally:
         agent.kill9()
         broker.kill()
+
+
+def test_an_oversized_command_over_mqtt_3_1_1_is_never_read_into_memory(
+        tmp_path: Path, broker: Mosquitto, gnss_pty: PtyGnss) -> None:
+    """MQTT 3.1.1 cannot tell the broker a maximum packet size (the fallback for NATS and RabbitMQ), and a
+    broker without max_packet_size forwards anything: a 50 MB command is dropped from its header on, a
+    fault says so, and the link comes back."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from tests.test_broker_reference import memory_kb
+
+    agent = AgentProcess(tmp_path, agent_config(tmp_path, broker.port, gnss_pty.path, mqtt__protocol="3.1.1"))
+    agent.start()
+    try:
+        assert until(lambda: status(agent)["link"]["connected"], 15)
+        time.sleep(1.0)
+        assert agent.proc is not None
+        before = memory_kb(agent.proc.pid)
+        sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="big-sender")
+        sender.connect("127.0.0.1", broker.port)
+        sender.loop_start()
+        sender.publish(f"patrol/{VEHICLE}/cmd", b"x" * (50 * 1024 * 1024), qos=0).wait_for_publish(30)
+        sender.loop_stop()
+        sender.disconnect()
+        assert until(lambda: "inbound_too_large" in status(agent)["faults_detail"], 20), status(agent)["faults"]
+        after = memory_kb(agent.proc.pid)
+        assert until(lambda: status(agent)["link"]["connected"], 15), "the link comes back"
+        detail = status(agent)["faults_detail"]["inbound_too_large"]
+    finally:
+        agent.kill9()
+    grown_mb = (after["VmHWM"] - before["VmHWM"]) / 1024
+    assert grown_mb < 5, f"the daemon's peak RSS grew by {grown_mb:.1f} MB for a 50 MB command"
+    assert "52,428,8" in detail, detail
