@@ -53,7 +53,7 @@ class Command(BaseModel):
 
 
 class _Args(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)  # "1" is not 1, true is not 1
 
 
 class NoArgs(_Args):
@@ -81,6 +81,21 @@ VERBS: dict[str, type[_Args]] = {
 Verb = Literal["ping", "report_position", "set_reporting", "ack_alert", "clear_alert", "reload_config"]
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: with two "verb"s an auditor and the vehicle could read
+    different commands."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _DuplicateKey(key[:32])
+        found[key] = value
+    return found
+
+
 def parse(payload: bytes, *, retained: bool, vehicle_id: str, now: datetime) -> tuple[Command, _Args]:
     """The command and its checked arguments, or :class:`CommandRejected` saying why."""
     if len(payload) > MAX_COMMAND_BYTES:
@@ -90,7 +105,9 @@ def parse(payload: bytes, *, retained: bool, vehicle_id: str, now: datetime) -> 
     except UnicodeDecodeError:
         raise CommandRejected("not UTF-8") from None
     try:
-        raw = json.loads(text)
+        raw = json.loads(text, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as exc:
+        raise CommandRejected(f"duplicate key {exc.args[0]!r}: ambiguous") from None
     except (ValueError, RecursionError):
         raise CommandRejected("not JSON") from None
     ident = raw.get("command_id") if isinstance(raw, dict) else None

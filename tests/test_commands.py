@@ -57,6 +57,9 @@ HOSTILE = {
     "valid for too long": raw(command(expires_at=(NOW + timedelta(days=2)).isoformat())),
     "extra field": raw({**command(), "exec": "/bin/sh"}),
     "bad arguments": raw(command(verb="set_reporting", args={"interval_s": 0.001, "duration_s": 10})),
+    "numbers as strings": raw(command(verb="set_reporting", args={"interval_s": "1", "duration_s": "86400"})),
+    "a boolean as a number": raw(command(verb="set_reporting", args={"interval_s": True, "duration_s": 60})),
+    "duplicate verb": raw(command(verb="reboot"))[:-1] + b', "verb": "ping"}',
 }
 
 
