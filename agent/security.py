@@ -135,7 +135,12 @@ def _read(key: str, path: Path, report: TlsReport, as_service: bool) -> bytes | 
                                             "(ProtectHome, PrivateTmp)", "keep it under /etc/patrol-agent",
                                        warning=True))
     try:
-        with path.open("rb") as src:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not hang the check
+        with os.fdopen(fd, "rb") as src:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                report.findings.append(Finding(key, f"{path} is not a regular file (a FIFO, a device, a "
+                                                    "directory?)", "point it at the PEM file itself"))
+                return None
             data = src.read(MAX_PEM_BYTES)
     except FileNotFoundError:
         report.findings.append(Finding(key, f"{path} does not exist", "patrol-agent provision --ca/--cert/--key"))
@@ -282,6 +287,9 @@ def _tls_in_child(tls: TlsConfig, vehicle_id: str | None, clock_synced: bool | N
         if not ready:
             os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+    if not ready:
+        return TlsReport([Finding("mqtt.tls", "reading the TLS files did not finish in 20 s",
+                                  "check that ca_file, cert_file and key_file are plain files on a local disk")], {})
     try:
         data = json.loads(text)
         return TlsReport([Finding(**f) for f in data["findings"]], dict(data["facts"]))

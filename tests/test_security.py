@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -149,6 +150,13 @@ def chmod_key(pki: Path, mode: int) -> str:
     return str(pki / "PV-A.key")
 
 
+def fifo(pki: Path) -> str:
+    """A named pipe where the key should be: reading it would wait for a writer for ever."""
+    path = pki / "key.fifo"
+    os.mkfifo(path, 0o600)
+    return str(path)
+
+
 #: (what is wrong, how to plant it, the key it is about, what every check must say)
 FAULTS: list[tuple[str, Any, str, str]] = [
     ("plain TCP", lambda pki: {"brokers": ["mqtt://localhost:1883"]}, "mqtt.brokers", "is plain TCP"),
@@ -174,6 +182,7 @@ FAULTS: list[tuple[str, Any, str, str]] = [
      "mqtt.tls.key_file", "is readable by others (0644)"),
     ("key writable by its group", lambda pki: {"tls": {"key_file": chmod_key(pki, 0o660)}},
      "mqtt.tls.key_file", "is writable by its group (0660)"),
+    ("key a FIFO", lambda pki: {"tls": {"key_file": fifo(pki)}}, "mqtt.tls.key_file", "is not a regular file"),
 ]
 
 
