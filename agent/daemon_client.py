@@ -62,6 +62,10 @@ def explain(path: Path, exc: OSError) -> DaemonUnreachable:
             where = path.parent  # the runtime directory itself is closed to us
         except OSError:
             pass
+        if group == "root":  # a daemon started by hand as root: joining root's group is not the answer
+            return DaemonUnreachable(f"permission denied on {where}: the daemon runs as root outside its unit; "
+                                     "use sudo, or run it as the service (systemctl start patrol-agent)",
+                                     NO_PERMISSION)
         return DaemonUnreachable(
             f"permission denied on {where}: add yourself to group {group} "
             f"(sudo usermod -aG {group} $USER, then log in again), or use sudo", NO_PERMISSION)
