@@ -303,3 +303,27 @@ def test_an_expired_crl_locks_everyone_out_until_the_documented_renewal(tmp_path
             back.close()
     finally:
         server.kill()
+
+
+def test_the_watch_identity_cannot_command_a_vehicle(tmp_path: Path, ref_broker: ReferenceBroker,
+                                                     gnss_pty: PtyGnss) -> None:
+    """`patrol-agent watch` only reads and acknowledges: its certificate, on a technician's laptop,
+    must not be a way to command the fleet."""
+    agent = vehicle_daemon(tmp_path, ref_broker, gnss_pty)
+    agent.start()
+    watcher = Client(ref_broker.port, ref_broker.pki, "dispatch-watch")
+    try:
+        wait(lambda: link(agent)["connected"], what="the vehicle never connected")
+        assert watcher.connect()
+        watcher.client.subscribe(f"patrol/{VICTIM}/reply", qos=1)
+        now = dt.datetime.now(dt.UTC)
+        ping = {"command_id": f"ping-{uuid.uuid4()}", "vehicle_id": VICTIM, "verb": "ping", "args": {},
+                "issued_at": (now - dt.timedelta(seconds=1)).isoformat(),
+                "expires_at": (now + dt.timedelta(minutes=1)).isoformat()}
+        watcher.publish(f"patrol/{VICTIM}/cmd", json.dumps(ping).encode())
+        time.sleep(3)
+        replies = [p for t, p in watcher.messages if t.endswith("/reply")]
+    finally:
+        watcher.close()
+        agent.kill9()
+    assert not replies, "the vehicle ran a command sent with the watch identity"
