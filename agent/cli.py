@@ -94,7 +94,9 @@ def _runtime_dir(args: argparse.Namespace) -> Path:
     try:
         return load(Path(args.config)).runtime_dir
     except ConfigError as exc:
-        print(f"patrol-agent: {args.config}: {exc.problems[0]}", file=sys.stderr)
+        problem = exc.problems[0]
+        print(f"patrol-agent: {problem if problem.startswith(str(args.config)) else f'{args.config}: {problem}'}",
+              file=sys.stderr)
         raise SystemExit(USAGE) from None
 
 
