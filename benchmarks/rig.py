@@ -7,6 +7,7 @@ broker, the feeders and the subscribers run outside its cgroup.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from pathlib import Path
@@ -62,7 +63,9 @@ def wait_until(predicate: Any, timeout: float, step: float = 0.05) -> bool:
 def percentile(values: list[float], p: float) -> float:
     """The nearest-rank percentile (p99 of 200 values: the 198th smallest)."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, -(-len(ordered) * p // 100) - 1))] if ordered else float("nan")
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(len(ordered) * p / 100) - 1))]
 
 
 def describe(values: list[float]) -> str:
