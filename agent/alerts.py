@@ -112,6 +112,7 @@ class Alerts:
         self.feedback = feedback
         self.emergency: OpenAlert | None = None
         self.tests: dict[str, tuple[OpenAlert, ControlRequest | None]] = {}
+        self._show_due = False  # the LED follows at the next tick: the alert goes out first
         self._restore()
 
     # --- persistence ------------------------------------------------------------
@@ -172,7 +173,7 @@ class Alerts:
             boot, seq = split(alert.pending[-1])
             request.send({"stage": "accepted", "alert_id": alert.alert_id, "boot": boot, "seq": seq,
                           "on_disk": self._sender.outbox.alerts.on_disk(alert.pending[-1])})  # False: card refused
-        self._show()
+        self._show_due = True  # after the core has handed the alert to the uplink (a blink starts a thread)
         return alert
 
     def publish(self, alert: OpenAlert, note: str | None = None, *,
@@ -206,6 +207,7 @@ class Alerts:
         return found + ([self.emergency] if self.emergency else [])
 
     def _show(self) -> None:
+        self._show_due = False
         shown = self.emergency or next(iter(a for a, _ in self.tests.values()), None)
         self.feedback.show("idle" if shown is None or shown.closed else shown.state)
 
@@ -302,6 +304,8 @@ class Alerts:
                 pass
 
     def tick(self, now: float) -> None:
+        if self._show_due:
+            self._show()
         for alert_id, (alert, request) in list(self.tests.items()):
             if request is not None and request.closed.is_set():  # the technician's tool gave up
                 alert.state = AlertState.CANCELLED.value

@@ -34,7 +34,7 @@ from agent.unit import Component, Faults
 log = logging.getLogger(__name__)
 
 TICK_S = 0.05
-SWITCH_INTERVAL_S = 0.001
+SWITCH_INTERVAL_S = 0.0002
 BATCH = 500  # events handled before the periodic work runs again
 
 

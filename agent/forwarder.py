@@ -25,6 +25,7 @@ from agent.uplink import Uplink
 log = logging.getLogger(__name__)
 
 HANDOVER = 200  # rows queued at the uplink beyond its window, so that it never waits for the core
+REFILL = HANDOVER // 2  # the backlog is handed over by this many at least (fewer, larger hand-overs)
 HISTORICAL_FALSE = b',"historical":false}'
 HISTORICAL_TRUE = b',"historical":true}'
 
@@ -121,13 +122,15 @@ class Forwarder:
         alerts = self._outbox.lease(10, max_priority=Priority.ALERT)
         if alerts:
             self._submit(alerts, urgent=True)
+            if len(self._handed) > len(alerts):
+                return  # the uplink has work queued: the backlog waits for the next turn, not the alert
         if self._newest_due:
             self._newest_due = False
             newest = self._outbox.newest(Priority.POSITION)
             if newest is not None:
                 self._submit([newest], newest_id=newest.id)
         free = self._cfg.inflight_window + HANDOVER - len(self._handed)
-        if free > 0:
+        if free >= REFILL or not self._handed:
             rows = self._allowed(self._outbox.lease(free))
             if rows:
                 self._submit(rows)

@@ -56,6 +56,7 @@ from agent.supervisor import Worker
 log = logging.getLogger(__name__)
 
 LAST_WORDS_WAIT_S = 2.0
+ACK_BATCH = 64  # backlog PUBACKs handed to the core together (an alert's at once)
 TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason: session taken over
 STABLE_S = 60.0  # a connection up this long without an oversized packet clears inbound_too_large
 
@@ -123,6 +124,8 @@ class Uplink:
         self._inflight: dict[int, tuple[int | None, float]] = {}  # mid -> (token or None, published at)
         self._queue: deque[tuple[int, str, bytes]] = deque()  # tracked, waiting for room in the window
         self._acks: list[tuple[int, str | None]] = []
+        self._urgent_tokens: set[int] = set()  # alerts' rows in flight: their PUBACK goes to the core at once
+        self._urgent_acked = False
         self._refused: str | None = None  # why the broker refused or dropped this connection
         self._disconnect_rc: int | None = None
         self._connacked = False  # this connection's CONNACK accepted it
@@ -267,6 +270,8 @@ class Uplink:
             self._inflight.clear()
             self._queue.clear()
             self._acks.clear()
+            self._urgent_tokens.clear()
+            self._urgent_acked = False
             wire.close(client)
         lasted = 0.0 if up_since is None else self._clock() - up_since
         self._lost(broker, generation, reason, reached=True, lasted=lasted, was_up=up_since is not None,
@@ -313,6 +318,7 @@ class Uplink:
                 case _Submit(generation=g, items=items, urgent=urgent) if g == generation and self._connected:
                     if urgent:
                         for token, topic, payload in items:
+                            self._urgent_tokens.add(token)
                             self._publish(client, token, topic, payload, retain=False)
                     else:
                         self._queue.extend(items)
@@ -343,8 +349,14 @@ class Uplink:
             self._publish(client, token, topic, payload, retain=False)
 
     def _flush_acks(self, generation: int) -> None:
-        if self._acks:
+        """PUBACKs to the core: an alert's at once; the backlog's by the batch, or when the core must
+        refill the window (every event the core takes is a GIL hand-over and a turn of its loop)."""
+        if not self._acks:
+            return
+        if (self._urgent_acked or len(self._acks) >= ACK_BATCH or len(self._queue) < self._cfg.inflight_window
+                or not self._inflight):
             acks, self._acks = tuple(self._acks), []
+            self._urgent_acked = False
             self._post(Acked(generation, acks))
 
     def _say_last_words(self, worker: Worker, client: mqtt.Client) -> None:
@@ -424,6 +436,9 @@ class Uplink:
         self._publish_refused = self._publish_refused or failed
         if token is not None:
             self._acks.append((token, str(rc) if failed else None))
+            if token in self._urgent_tokens:
+                self._urgent_tokens.discard(token)
+                self._urgent_acked = True
 
     def _on_message(self, generation: int, msg: mqtt.MQTTMessage) -> None:
         self._post(Received(generation, msg.topic, bytes(msg.payload), bool(msg.retain)))
