@@ -8,12 +8,19 @@ from pathlib import Path
 import pytest
 
 from agent import outbox as outbox_module
-from agent import outbox_store
 from agent.boot import split
+from agent.clock import Clock
 from agent.config import OutboxConfig
 from agent.messages import Priority
 from agent.outbox import Outbox
 from tests.support.storage import fill, tmpfs
+
+PREVIOUS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, priority INTEGER NOT NULL, topic TEXT NOT NULL,
+                                   payload BLOB NOT NULL, accepted_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""  # the telemetry database as versions before ``time_trusted`` made it
 
 
 class FakeTime:
@@ -283,7 +290,7 @@ def test_a_backlog_left_by_the_previous_version_is_still_published(tmp_path: Pat
               b'"gnss_mode":1,"alert_id":null}')
     db = sqlite3.connect(tmp_path / "outbox.sqlite")
     db.execute("PRAGMA journal_mode=WAL")
-    db.executescript(outbox_store.SCHEMA)
+    db.executescript(PREVIOUS_SCHEMA)
     db.execute("INSERT INTO outbox VALUES (1042, 3, 'patrol/PV-1/position', ?, 1.0)", (legacy,))
     db.commit()
     db.close()
@@ -292,3 +299,112 @@ def test_a_backlog_left_by_the_previous_version_is_still_published(tmp_path: Pat
     new = box.accept(box.seq.take(), Priority.POSITION, "patrol/PV-1/position", b'{"x":1}')  # not checked: RAM
     assert [(r.id, r.payload) for r in box.lease(10)] == [(1042, legacy), (new, b'{"x":1}')]
     assert box.rejected == 0
+
+
+class SteppingClock:
+    """The unit's clock with a wall clock that steps and a monotonic clock that does not."""
+
+    def __init__(self, *, synced: bool) -> None:
+        self.wall = 1_800_000_000.0
+        self.mono = 1000.0
+        self.synced = synced
+
+    def clock(self) -> Clock:
+        return Clock(wall=lambda: self.wall, monotonic=lambda: self.mono, synced=lambda: self.synced)
+
+    def run(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+
+def make_with(tmp_path: Path, clock: SteppingClock, **cfg: int | float) -> Outbox:
+    box = Outbox(tmp_path / "outbox.sqlite", OutboxConfig(**cfg), clock=clock.clock())
+    box.open()
+    return box
+
+
+def stored_trust(path: Path) -> list[tuple[int, int]]:
+    with sqlite3.connect(path) as db:
+        return [(r[0], r[1]) for r in db.execute("SELECT id, time_trusted FROM outbox ORDER BY id")]
+
+
+@pytest.mark.parametrize("synced", [False, True])
+def test_a_wall_clock_jumping_forward_expires_nothing_of_this_boot(tmp_path: Path, synced: bool) -> None:
+    clock = SteppingClock(synced=synced)
+    box = make_with(tmp_path, clock, max_age_h=1)
+    rows = put(box, Priority.POSITION, 3)
+    box.flush()
+    clock.wall += 7 * 24 * 3600  # NTP, or a receiver, sets the clock a week ahead
+    clock.run(60)
+    box.tick()
+    box.expire()
+    assert disk_ids(box.path) == rows and box.evictions == 0
+    clock.run(3600)  # an hour on the monotonic clock: now they are known to be too old
+    box.expire()
+    assert disk_ids(box.path) == [] and box.evictions == 3
+
+
+def test_untrusted_rows_of_an_earlier_boot_expire_only_after_this_boots_uptime_exceeds_max_age(tmp_path: Path) -> None:
+    clock = SteppingClock(synced=False)  # a Pi without RTC, before NTP
+    box = make_with(tmp_path, clock, max_age_h=1)
+    rows = put(box, Priority.POSITION, 3)
+    box.close()
+    assert [t for _, t in stored_trust(box.path)] == [0, 0, 0]
+    clock.wall += 30 * 24 * 3600  # the next start: NTP has put the clock a month ahead
+    clock.synced = True
+    again = make_with(tmp_path, clock, max_age_h=1)
+    again.expire()
+    assert disk_ids(again.path) == rows  # their age is not known: kept
+    clock.run(3500)
+    again.expire()
+    assert disk_ids(again.path) == rows
+    clock.run(200)  # this boot alone has lasted longer than max_age
+    again.expire()
+    assert disk_ids(again.path) == [] and again.evictions == 3
+
+
+def test_trusted_rows_of_an_earlier_boot_expire_against_a_trusted_now_only(tmp_path: Path) -> None:
+    clock = SteppingClock(synced=True)
+    box = make_with(tmp_path, clock, max_age_h=1)
+    rows = put(box, Priority.POSITION, 3)
+    clock.run(1.5)
+    box.tick()  # through the window log: the trust is kept there too
+    box.close()
+    assert [t for _, t in stored_trust(box.path)] == [1, 1, 1]
+    clock.wall += 2 * 3600
+    clock.synced = False  # the next start: the clock is not trusted (yet)
+    again = make_with(tmp_path, clock, max_age_h=1)
+    again.expire()
+    assert disk_ids(again.path) == rows
+    again.close()
+    clock.synced = True
+    third = make_with(tmp_path, clock, max_age_h=1)
+    third.expire()
+    assert disk_ids(third.path) == [] and third.evictions == 3
+
+
+def test_the_commit_window_runs_on_through_a_wall_clock_stepped_back(tmp_path: Path) -> None:
+    clock = SteppingClock(synced=False)
+    box = make_with(tmp_path, clock, commit_window_ms=1000)
+    put(box, Priority.POSITION, 2)
+    clock.wall -= 3600  # the clock is corrected an hour back
+    for _ in range(15):
+        put(box, Priority.POSITION)
+        clock.mono += 0.1
+        box.tick()
+    assert box.log_appends >= 1 and (tmp_path / "outbox.sqlite.log").stat().st_size > 0
+    assert box.stats()["held_in_ram"] == 0
+
+
+def test_oldest_age_is_what_can_be_known(tmp_path: Path) -> None:
+    clock = SteppingClock(synced=False)
+    box = make_with(tmp_path, clock)
+    assert box.oldest_age_s() is None
+    put(box, Priority.POSITION, 2)
+    clock.run(20)
+    clock.wall += 7 * 24 * 3600
+    assert 15 <= (box.oldest_age_s() or 0) <= 20  # this boot's: by the monotonic clock, not a week
+    box.close()
+    again = make_with(tmp_path, clock)
+    clock.run(30)
+    assert again.oldest_age_s() == 30  # an earlier boot's, untrusted: at least this boot's uptime
