@@ -389,11 +389,12 @@ class OutboxStore:
         over = self._over(rows, size)
         if over <= 0:
             return None
-        found = self._db.read("SELECT id FROM outbox WHERE priority > 0 ORDER BY id LIMIT 1 OFFSET ?",
-                              (over + len(self._deletes) - 1,))  # acknowledged rows go in the same transaction
+        # by the key alone (a filter on priority here makes SQLite sort the whole table); acknowledged rows
+        # go in the same transaction; a row of an earlier version's alert in the range stays (priority 0)
+        found = self._db.read("SELECT id FROM outbox ORDER BY id LIMIT 1 OFFSET ?", (over + len(self._deletes) - 1,))
         if found:
             return int(found[0][0])
-        last = self._db.read("SELECT max(id) FROM outbox WHERE priority > 0")
+        last = self._db.read("SELECT max(id) FROM outbox")
         return None if not last or last[0][0] is None else int(last[0][0])
 
     def _over(self, rows: int, size: int) -> int:

@@ -86,10 +86,17 @@ def fill(cfg: AgentConfig, rows: int) -> None:
     db.close()
 
 
+CPU: list[float] = []  # the core thread's CPU time of each timed call, in ms
+
+
 def timed(fn: Any) -> float:
+    """Wall-clock ms of ``fn()`` on the calling thread; its CPU time is kept in ``CPU``."""
+    cpu = time.thread_time()
     began = time.perf_counter()
     fn()
-    return (time.perf_counter() - began) * 1000
+    took = (time.perf_counter() - began) * 1000
+    CPU.append((time.thread_time() - cpu) * 1000)
+    return took
 
 
 def summary(values: list[float]) -> tuple[float, float, float]:
@@ -116,6 +123,7 @@ def main() -> int:
         budget.confine(os.getpid())
         agent = Agent(cfg, pin_factory=MockFactory())
         start = timed(agent.start)
+        CPU.clear()
         core = threading.Thread(target=agent.run, name="core", daemon=True)
         core.start()
         try:
@@ -147,20 +155,31 @@ def main() -> int:
                 return choose, batch, outbox.evictions - before
 
             healths = [agent.on_core(health_message) for _ in range(args.polls)]
+            health_cpu = CPU[:]
+            CPU.clear()
             polls = [agent.on_core(status_poll) for _ in range(args.polls)]
+            poll_cpu = CPU[:]
+            CPU.clear()
             evictions = [agent.on_core(eviction, timeout=60) for _ in range(args.evictions)]
+            eviction_cpu = CPU[::2]  # choosing the victims (the batch's is every second one)
             figures = agent.on_core(outbox.stats)
         finally:
             agent.stop()
             core.join(10)
             agent.shutdown()
     note = f"{args.rows} rows on disk, budget {budget.name()}"
-    for figure, values in (("health message at 500k rows", healths), ("status/monitor poll at 500k rows", polls),
-                           ("eviction batch at 500k rows", [t for t, _, _ in evictions])):
+    for figure, values, cpu in (("health message at 500k rows", healths, health_cpu),
+                                ("status/monitor poll at 500k rows", polls, poll_cpu),
+                                ("eviction batch at 500k rows", [t for t, _, _ in evictions], eviction_cpu)):
         figure = figure.replace("500k", f"{args.rows // 1000}k")
         p50, p95, worst = summary(values)
         budget.report(f"{figure}, p50", round(p50, 3), "ms", target="< 1", note=note)
-        budget.report(f"{figure}, p95", round(p95, 3), "ms", target="< 1", note=f"{note}; max {worst:.3f} ms")
+        budget.report(f"{figure}, p95", round(p95, 3), "ms", target="< 1",
+                      note=f"{note}; max {worst:.3f} ms; under the quarter budget a call that meets the end of "
+                           "the cgroup's 2.5 ms quota waits out the period's other 7.5 ms")
+        p50, p95, worst = summary(cpu)
+        budget.report(f"{figure}, core-thread CPU p95", round(p95, 3), "ms", target="< 1",
+                      note=f"{note}; p50 {p50:.3f} ms, max {worst:.3f} ms")
     evicted = sorted(n for _, _, n in evictions)
     p50, _, worst = summary([t for _, t, _ in evictions])
     budget.report(f"batch of {BATCH_ROWS} into the database with its eviction, one commit, p50", round(p50, 2), "ms",

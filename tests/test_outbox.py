@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent import outbox as outbox_module
 from agent.boot import split
@@ -408,3 +413,80 @@ def test_oldest_age_is_what_can_be_known(tmp_path: Path) -> None:
     again = make_with(tmp_path, clock)
     clock.run(30)
     assert again.oldest_age_s() == 30  # an earlier boot's, untrusted: at least this boot's uptime
+
+
+OPS = st.sampled_from(["accept", "alert", "lease_ack", "ack_out", "tick", "batch", "flush", "restart", "kill", "age"])
+
+
+def _truth(box: Outbox) -> tuple[int, int, int, int | None]:
+    """On disk rows and stored bytes (from the file, another connection), messages waiting, the oldest one."""
+    with contextlib.closing(sqlite3.connect(box.path)) as db:
+        rows = db.execute("SELECT id, length(payload) FROM outbox").fetchall()
+    waiting = ({r[0] for r in rows} - box._deletes) | set(box._ram) | set(box._logged) | set(box.alerts.rows)
+    return len(rows), sum(r[1] for r in rows), len(waiting), min(waiting, default=None)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.tuples(OPS, st.integers(1, 60)), min_size=1, max_size=25))
+def test_counters_equal_the_true_counts_whatever_comes_and_goes(ops: list[tuple[str, int]]) -> None:
+    """A random mix of accepts, acknowledgements, releases, batches with evictions, expiry, restarts and
+    kills: the outbox's counters (kept as rows come and go) are what the files and RAM hold."""
+    with tempfile.TemporaryDirectory() as tmp:
+        clock = SteppingClock(synced=True)
+        box = make_with(Path(tmp), clock, max_messages=100, max_age_h=1)
+        accepted, acked, killed = 0, 0, False
+        out: list[int] = []  # leased, neither acknowledged nor released
+        for op, n in ops:
+            if op == "accept":
+                for _ in range(n):  # payloads of many sizes: stored bytes cannot be estimated from an average
+                    seq = box.seq.take()
+                    pad = "".join(hashlib.sha256(b"%d-%d" % (seq, i)).hexdigest() for i in range(seq % 7))
+                    box.accept(seq, Priority.POSITION, "t", b'{"seq":%d,"pad":"%s"}' % (seq, pad.encode()))
+                accepted += n
+            elif op == "alert":
+                put(box, Priority.ALERT)
+                accepted += 1
+            elif op == "lease_ack":  # a third acknowledged, a third released (link down), a third kept out
+                leased = box.lease(n)
+                box.ack([r.id for r in leased[::3]])
+                box.release([r.id for r in leased[1::3]])
+                out += [r.id for r in leased[2::3]]
+                acked += len(leased[::3])
+            elif op == "ack_out":  # their PUBACKs come (some may have been evicted meanwhile)
+                evicted = box.evictions
+                with contextlib.closing(sqlite3.connect(box.path)) as db:
+                    there = {r[0] for r in db.execute("SELECT id FROM outbox")}
+                waiting = there | set(box._ram) | set(box._logged) | set(box.alerts.rows)
+                acked += sum(1 for i in out if i in waiting and i not in box._deletes)
+                box.ack(out)
+                out = []
+                assert box.evictions == evicted
+            elif op == "tick":
+                clock.run(1.5)
+                box.tick()
+            elif op == "batch":
+                clock.run(outbox_module.BATCH_S)
+                box.tick()
+            elif op == "flush":
+                box.flush()
+            elif op == "age":
+                clock.run(n * 120)
+                box.expire()
+            elif op in ("restart", "kill"):
+                if op == "restart":
+                    box.close()
+                else:
+                    box._release()  # kill -9: nothing flushed; RAM, uncommitted acks and counters lost
+                    killed = True
+                box = make_with(Path(tmp), clock, max_messages=100, max_age_h=1)
+                out = []  # a new connection: those will never be acknowledged
+            stats = box.stats()
+            on_disk, size, waiting, oldest = _truth(box)
+            assert (stats["on_disk"], stats["bytes"], stats["depth"]) == (on_disk, size, waiting), (op, n)
+            if oldest is None:
+                assert stats["oldest_age_s"] is None
+            else:
+                assert stats["oldest_age_s"] is not None
+            if not killed:  # every message is waiting, acknowledged, evicted or dropped
+                assert accepted == waiting + acked + box.evictions + box.dropped, (op, n)
+        box.close()
