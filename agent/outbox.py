@@ -28,7 +28,14 @@ Where a message is, and what each kind of failure loses:
   card takes it, and the fault is cleared.
 
 Bounds: ``max_messages``, ``max_bytes`` and ``max_age_h``. When over, the
-oldest telemetry is evicted, never an alert, and counted (persistently).
+oldest telemetry is evicted, never an alert, and counted (persistently):
+exactly the excess, in the same transaction as the batch that brings it
+(its cutoff found by the key). ``max_age_h`` removes only rows whose age is
+known, never on a step of the wall clock (see :mod:`agent.outbox_store`,
+Time); every timer runs on the monotonic clock. The figures a health
+message, a ``status`` poll or an eviction needs (depth, rows and bytes on
+disk, the oldest row, what RAM holds) are counters kept as rows come and
+go, counted once at start.
 Rows read back from disk are checked (:class:`agent.rows.RowCheck`): one
 this vehicle could not have produced is dropped and reported
 (``outbox_rejected``), never published. Acknowledged rows are deleted with
