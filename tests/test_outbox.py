@@ -456,8 +456,8 @@ def test_counters_equal_the_true_counts_whatever_comes_and_goes(ops: list[tuple[
                 evicted = box.evictions
                 with contextlib.closing(sqlite3.connect(box.path)) as db:
                     there = {r[0] for r in db.execute("SELECT id FROM outbox")}
-                waiting = there | set(box._ram) | set(box._logged) | set(box.alerts.rows)
-                acked += sum(1 for i in out if i in waiting and i not in box._deletes)
+                kept = there | set(box._ram) | set(box._logged) | set(box.alerts.rows)
+                acked += sum(1 for i in out if i in kept and i not in box._deletes)
                 box.ack(out)
                 out = []
                 assert box.evictions == evicted
