@@ -26,13 +26,16 @@ from agent.store import Db
 
 log = logging.getLogger(__name__)
 
+ADDED = (("outbox", "time_trusted", "INTEGER NOT NULL DEFAULT 0"),)  # columns a file of an earlier version lacks
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY,          -- boot << 32 | seq
     priority INTEGER NOT NULL,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,           -- JSON without its closing "historical" flag
-    accepted_at REAL NOT NULL        -- Unix time
+    accepted_at REAL NOT NULL,       -- Unix time, as the unit's clock had it
+    time_trusted INTEGER NOT NULL DEFAULT 0  -- 1: accepted_at is true UTC (0 for rows of earlier versions)
 );
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -48,7 +51,7 @@ class AlertStore:
 
     def stored(self) -> list[tuple[Any, ...]]:
         """The alerts on disk, as read (the outbox checks them before it keeps any)."""
-        return self.db.read("SELECT priority, id, topic, payload, accepted_at FROM outbox ORDER BY id")
+        return self.db.read("SELECT priority, id, topic, payload, accepted_at, time_trusted FROM outbox ORDER BY id")
 
     @property
     def pending(self) -> bool:
@@ -114,8 +117,9 @@ class AlertStore:
         rows, state, deletes = list(self._unsaved.values()), dict(self._state), list(self._deletes)
 
         def apply(db: sqlite3.Connection) -> None:
-            db.executemany("INSERT OR IGNORE INTO outbox (id, priority, topic, payload, accepted_at) "
-                           "VALUES (?,?,?,?,?)", ((r.id, r.priority, r.topic, r.payload, r.accepted_at) for r in rows))
+            db.executemany("INSERT OR IGNORE INTO outbox (id, priority, topic, payload, accepted_at, time_trusted) "
+                           "VALUES (?,?,?,?,?,?)",
+                           ((r.id, r.priority, r.topic, r.payload, r.accepted_at, int(r.trusted)) for r in rows))
             for key, value in state.items():
                 if value is None:
                     db.execute("DELETE FROM state WHERE key = ?", (key,))

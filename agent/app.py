@@ -91,7 +91,8 @@ class Agent:
         self.notifier = Notifier()
         self.supervisor = Supervisor(self.inbox.put)
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.vehicle.id)
-        self.outbox = Outbox(cfg.outbox_path, cfg.outbox, on_fault=lambda c, d: self.inbox.put(FaultRaised(c, d)),
+        self.outbox = Outbox(cfg.outbox_path, cfg.outbox, clock=self.clock,
+                             on_fault=lambda c, d: self.inbox.put(FaultRaised(c, d)),
                              on_clear=lambda c: self.inbox.put(FaultCleared(c)), check=RowCheck(self.topics))
         self.reader = GnssReader(
             cfg.gnss, on_fix=lambda fix: self.inbox.put(FixReceived(fix, time.monotonic())),

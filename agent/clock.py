@@ -145,6 +145,19 @@ class Clock:
                 return _utc(moment), TimeSource.GNSS
         return _utc(wall), TimeSource.SYSTEM_SYNCED if synced else TimeSource.SYSTEM_UNSYNCED
 
+    def stamp(self) -> tuple[float, bool]:
+        """Unix time now and whether it can be trusted (a receiver's time carried forward, or a
+        synchronised system clock), for what is stored: as :meth:`now`, without building a datetime."""
+        wall = self.wall()
+        synced = self.system_synced()
+        if self._gnss is not None:
+            at, mono = self._gnss
+            elapsed = self.monotonic() - mono
+            moment = at + elapsed
+            if 0 <= elapsed < GNSS_TRUST_S and (not synced or abs(moment - wall) <= MAX_DISAGREE_S):
+                return moment, True
+        return wall, bool(synced)
+
     def moment_of(self, fix: Fix | None) -> tuple[datetime, TimeSource]:
         """The time a message about ``fix`` describes: the epoch's own time if trusted, else now."""
         if fix is not None and self.trusted(fix):

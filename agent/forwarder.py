@@ -3,7 +3,9 @@
 A component on the core thread; the only part that talks to the uplink
 (through its thread-safe hand-over methods). It follows the link from the
 uplink's events, and keeps the link busy: open alerts first, then the
-newest position, then the backlog oldest-first, marked ``historical``. A
+newest position, then the backlog oldest-first, marked ``historical``: a
+row accepted before the link came up, told by its id (the outbox's next id
+taken at link-up), never by a clock that may have stepped since. A
 row is handed to the uplink once per connection; when the connection drops
 everything handed on it is released and offered again on the next one.
 """
@@ -57,7 +59,7 @@ class Forwarder:
         self.link = LinkState()
         self._online_status = online_status  # the retained "online" status of a connection, built at its link-up
         self._handed: set[int] = set()  # row ids handed to the uplink on this connection
-        self._link_up_wall: float | None = None
+        self._live_from: int | None = None  # rows from this id on were accepted while the link was up
         self._newest_due = False
         self._tokens = 0.0
         self._tokens_at = clock.monotonic()
@@ -70,7 +72,7 @@ class Forwarder:
             case LinkUp(generation=generation, broker=broker, protocol=protocol, reconnects=reconnects):
                 self._released()
                 self.link = LinkState(generation, broker, protocol, reconnects, self.link.last_error, now)
-                self._link_up_wall = self._clock.wall()
+                self._live_from = self._outbox.next_id
                 self._newest_due = True
                 alerts = self._outbox.lease(10, max_priority=Priority.ALERT)
                 if alerts:
@@ -154,8 +156,7 @@ class Forwarder:
         return allowed
 
     def _historical(self, row: Row) -> bool:
-        return (row.priority != Priority.ALERT and self._link_up_wall is not None
-                and row.accepted_at < self._link_up_wall)
+        return row.priority != Priority.ALERT and self._live_from is not None and row.id < self._live_from
 
     def _submit(self, rows: list[Row], *, urgent: bool = False, newest_id: int | None = None) -> None:
         items = []

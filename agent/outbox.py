@@ -28,7 +28,14 @@ Where a message is, and what each kind of failure loses:
   card takes it, and the fault is cleared.
 
 Bounds: ``max_messages``, ``max_bytes`` and ``max_age_h``. When over, the
-oldest telemetry is evicted, never an alert, and counted (persistently).
+oldest telemetry is evicted, never an alert, and counted (persistently):
+exactly the excess, in the same transaction as the batch that brings it
+(its cutoff found by the key). ``max_age_h`` removes only rows whose age is
+known, never on a step of the wall clock (see :mod:`agent.outbox_store`,
+Time); every timer runs on the monotonic clock. The figures a health
+message, a ``status`` poll or an eviction needs (depth, rows and bytes on
+disk, the oldest row, what RAM holds) are counters kept as rows come and
+go, counted once at start.
 Rows read back from disk are checked (:class:`agent.rows.RowCheck`): one
 this vehicle could not have produced is dropped and reported
 (``outbox_rejected``), never published. Acknowledged rows are deleted with
@@ -46,9 +53,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from agent.clock import Clock
 from agent.config import OutboxConfig
 from agent.messages import Priority
-from agent.outbox_store import BATCH_ROWS, BATCH_S, PAGE, RETRY_S, OutboxStore
+from agent.outbox_store import BATCH_ROWS, BATCH_S, PAGE, RETRY_S, ROW_COLUMNS, OutboxStore
 from agent.rows import Row, RowCheck, unpack
 
 __all__ = ["BATCH_ROWS", "BATCH_S", "RETRY_S", "Outbox", "Row"]
@@ -59,7 +67,7 @@ log = logging.getLogger(__name__)
 class Outbox(OutboxStore):
     """A durable, bounded, prioritised queue of messages awaiting PUBACK."""
 
-    def __init__(self, path: Path, cfg: OutboxConfig, *, clock: Callable[[], float] = time.time,
+    def __init__(self, path: Path, cfg: OutboxConfig, *, clock: Clock | Callable[[], float] | None = None,
                  on_fault: Callable[[str, str], None] | None = None, on_clear: Callable[[str], None] | None = None,
                  check: RowCheck | None = None) -> None:
         self._ready: list[Row] = []  # heap: RAM rows and disk rows read ahead, not leased
@@ -77,7 +85,10 @@ class Outbox(OutboxStore):
                state: tuple[str, str | None] | None = None) -> int:
         """Take message ``seq`` of this boot; returns its row id. An alert (and ``state``, an emergency's
         change made with it) is on disk, fsynced, when this returns, unless the card refused it."""
-        row = Row(priority, self.seq.row_id(seq), topic, payload, self._clock())
+        accepted_at, trusted = self._time.stamp()
+        row = Row(priority, self.seq.row_id(seq), topic, payload, accepted_at, trusted)
+        mono = self._time.monotonic()
+        self._mark(seq, mono)
         self._offer(row)
         if priority == Priority.ALERT:
             self.alerts.accept(row, state)
@@ -85,7 +96,7 @@ class Outbox(OutboxStore):
         if state is not None:
             self.alerts.put_state(*state)
         if self._ram_since is None:
-            self._ram_since = row.accepted_at
+            self._ram_since = mono
         self._ram[row.id] = row
         if len(self._ram) > self._cfg.ram_ring:  # a burst: to the card before its window ends, if it takes it
             self._to_log()
@@ -99,6 +110,7 @@ class Outbox(OutboxStore):
         for row_id in drop:
             del self._ram[row_id]
             self._leased.pop(row_id, None)
+            self._unheld(row_id)
         self.dropped += len(drop)
         gone = set(drop)
         self._ready = [r for r in self._ready if r.id not in gone]
@@ -154,7 +166,7 @@ class Outbox(OutboxStore):
         if candidates:
             row = max(candidates, key=lambda r: r.id)
         else:
-            found = self._from_disk(self._db.read("SELECT priority, id, topic, payload, accepted_at FROM outbox "
+            found = self._from_disk(self._db.read(f"SELECT {ROW_COLUMNS} FROM outbox "  # noqa: S608
                                                   "WHERE priority = ? ORDER BY id DESC LIMIT 1", (priority,)))
             if not found or found[0].id in self._leased or found[0].id in self._deletes:
                 return None
@@ -166,12 +178,16 @@ class Outbox(OutboxStore):
         alerts = []
         for row_id in ids:
             self._leased.pop(row_id, None)
+            if row_id in self._evicted_in_flight:  # evicted while it was out: nothing left to delete
+                self._evicted_in_flight.discard(row_id)
+                continue
             if row_id in self._in_ready:
                 self._gone.add(row_id)  # leased by newest(): its heap entry must not go out again
             if row_id in self.alerts.rows:
                 alerts.append(row_id)
-            elif self._ram.pop(row_id, None) is None and self._logged.pop(row_id, None) is None \
-                    and row_id not in self._deletes:
+            elif self._ram.pop(row_id, None) is not None:
+                self._unheld(row_id)
+            elif self._logged.pop(row_id, None) is None and row_id not in self._deletes:
                 self._deletes.add(row_id)
         if not self._ram:
             self._ram_since = None
@@ -191,15 +207,17 @@ class Outbox(OutboxStore):
 
     def release_all(self) -> None:
         self.release(list(self._leased))
+        self._evicted_in_flight.clear()  # their acknowledgements can no longer come
 
     def _from_disk(self, found: Iterable[tuple[Any, ...]], *, alerts: bool = False) -> list[Row]:
         """Rows read back, decoded and checked; the others dropped from the database and reported."""
         rows, bad, why = [], [], ""
-        for priority, row_id, topic, blob, accepted_at in found:
+        for priority, row_id, topic, blob, accepted_at, trusted in found:
             if not alerts and row_id in self._deletes:
                 continue  # dropped already (acknowledged, or rejected by an earlier read)
             try:
-                row = Row(int(priority), int(row_id), str(topic), unpack(bytes(blob)), float(accepted_at))
+                row = Row(int(priority), int(row_id), str(topic), unpack(bytes(blob)), float(accepted_at),
+                          bool(trusted))
                 problem = self._check.problem(row) if self._check is not None else None
             except (ValueError, TypeError) as exc:
                 problem = f"payload {exc}"
@@ -226,7 +244,7 @@ class Outbox(OutboxStore):
 
     def _read_ahead(self) -> None:
         """Read the next page of disk rows after the cursor."""
-        found = self._db.read("SELECT priority, id, topic, payload, accepted_at FROM outbox "
+        found = self._db.read(f"SELECT {ROW_COLUMNS} FROM outbox "  # noqa: S608
                               "WHERE (priority, id) > (?, ?) ORDER BY priority, id LIMIT ?", (*self._cursor, PAGE))
         if len(found) < PAGE:
             self._disk_done = True
@@ -261,16 +279,27 @@ class Outbox(OutboxStore):
     def in_flight(self) -> int:
         return len(self._leased)
 
+    @property
+    def next_id(self) -> int:
+        """The row id the next accepted message will have: every row accepted before has a smaller one."""
+        return self.seq.row_id(self.seq.peek())
+
     def oldest_age_s(self) -> float | None:
-        found = self._db.read("SELECT accepted_at FROM outbox ORDER BY id LIMIT 1")  # by the key: no table scan
-        times = [r.accepted_at for r in (*self._ram.values(), *self._logged.values(), *self.alerts.rows.values())]
-        if found and isinstance(found[0][0], float | int):
-            times.append(float(found[0][0]))
-        return None if not times else max(0.0, self._clock() - min(times))
+        """How old the oldest waiting message is known to be at least (see :mod:`agent.outbox_store`, Time);
+        in constant time: the first of RAM, of the window log and of the database are kept, alerts are few."""
+        heads: list[tuple[int, float, bool]] = []
+        for rows in (self._ram, self._logged):  # both in id order: accepted (or logged) oldest first
+            if rows:
+                row = rows[next(iter(rows))]
+                heads.append((row.id, row.accepted_at, row.trusted))
+        if self.alerts.rows:
+            row = self.alerts.rows[min(self.alerts.rows)]
+            heads.append((row.id, row.accepted_at, row.trusted))
+        if self._head is not None:
+            heads.append(self._head)
+        return None if not heads else round(self._age_of(*min(heads)), 3)
 
     def stats(self) -> dict[str, float | int | None]:
-        window = self._cfg.commit_window_ms / 1000 + 1.0
-        now = self._clock()
         return {
             "depth": self.depth,
             "on_disk": self.disk_rows,
@@ -282,7 +311,7 @@ class Outbox(OutboxStore):
             "commits": self.commits,
             "boot": self.seq.boot,
             "seq": self.seq.last,
-            "held_in_ram": sum(1 for r in self._ram.values() if now - r.accepted_at > window),
+            "held_in_ram": self._held,
             "alerts_unsaved": self.alerts.unsaved,
             "dropped": self.dropped,
             "rejected": self.rejected,

@@ -7,24 +7,49 @@ for where a message is at each moment and what each failure loses; here:
 opening (boot number, the window log read back, alerts restored and
 checked), the write path (window log, batches into the database, deletes),
 retrying what the card refused, bounds and evictions, checkpoints.
+
+Time. Every timer (the commit and sync windows, batches, retries, expiry
+rounds) runs on the monotonic clock: a step of the wall clock (NTP after a
+cold start, a receiver setting it, a Pi without RTC booting in 1970) moves
+none of them. A row's ``accepted_at`` is the unit's UTC as
+:meth:`agent.clock.Clock.stamp` gives it, stored with ``time_trusted`` (1
+when the clock was trusted then; 0 otherwise, and for rows of earlier
+versions). ``max_age_h`` removes only rows whose age is known to be over:
+
+- rows of this boot by the monotonic clock (``_marks``: every ``MARK_S`` a
+  (seq, monotonic) pair, so a row is known to be at least as old as the
+  first mark at or after it);
+- rows of earlier boots with a trusted ``accepted_at`` against a trusted
+  now; any row of an earlier boot once this boot's uptime alone exceeds
+  ``max_age_h``.
+
+A clock that jumps forward therefore never expires anything.
+
+Counters (``disk_rows``, ``disk_bytes``, the oldest row, what RAM holds)
+are kept as rows come and go, counted once at start: nothing a health
+message, a ``status`` poll or an eviction runs reads the whole table.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
+import math
 import os
 import queue
 import sqlite3
-import time
+from array import array
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import statedir
+from agent.alert_store import ADDED as ALERT_ADDED
 from agent.alert_store import SCHEMA as ALERT_SCHEMA
 from agent.alert_store import AlertStore
-from agent.boot import JUMP, MAX_BOOT, BootRecord, Sequence
+from agent.boot import JUMP, MAX_BOOT, BootRecord, Sequence, split
+from agent.clock import Clock
 from agent.config import OutboxConfig
 from agent.errors import OutboxError
 from agent.rows import Row, RowCheck, pack
@@ -44,6 +69,8 @@ BATCH_ROWS = 1000  # ... or at this many rows
 LOG_MAX_ROWS = 5000  # the log (and its rows in RAM) never grows beyond, even while the database refuses them
 RETRY_S = 2.0  # a card that refused a write is tried again this often
 CHECKPOINT_EVERY = 8  # commits of one database between checkpoints (and after each batch)
+MARK_S = 5.0  # a (seq, monotonic) mark per this long: the age of this boot's rows, known to within this
+EXPIRE_PAGE = 500  # rows of one kind looked at per expiry query
 _STOP = object()
 FLOOR_LIMIT = (MAX_BOOT - 4 * JUMP) << 32  # a row beyond cannot be ours: it must not push the boot number up
 SCHEMA = """
@@ -52,22 +79,35 @@ CREATE TABLE IF NOT EXISTS outbox (
     priority INTEGER NOT NULL,       -- 0 alert ... 4 health: lower goes first
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,           -- agent.rows.pack() of the JSON without its "historical" flag
-    accepted_at REAL NOT NULL        -- Unix time
+    accepted_at REAL NOT NULL,       -- Unix time, as the unit's clock had it
+    time_trusted INTEGER NOT NULL DEFAULT 0  -- 1: accepted_at is true UTC (0 for rows of earlier versions)
 );
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+ADDED = (("outbox", "time_trusted", "INTEGER NOT NULL DEFAULT 0"),)  # columns a file of an earlier version lacks
+ROW_COLUMNS = "priority, id, topic, payload, accepted_at, time_trusted"
+
+
+def as_clock(clock: Clock | Callable[[], float] | None) -> Clock:
+    """The unit's clock; a bare function (a test's) is both its wall and its monotonic clock, trusted."""
+    if clock is None:
+        return Clock()
+    if isinstance(clock, Clock):
+        return clock
+    return Clock(wall=clock, monotonic=clock, synced=lambda: True)
 
 
 class OutboxStore:
     """The outbox's storage (see the module docstring)."""
 
-    def __init__(self, path: Path, cfg: OutboxConfig, *, clock: Callable[[], float] = time.time,
+    def __init__(self, path: Path, cfg: OutboxConfig, *, clock: Clock | Callable[[], float] | None = None,
                  on_fault: Callable[[str, str], None] | None = None, on_clear: Callable[[str], None] | None = None,
                  check: RowCheck | None = None) -> None:
         self.path = path
         self._cfg = cfg
-        self._clock = clock
+        self._time = as_clock(clock)
+        self._clock = self._time.wall  # labels only (a file moved aside); never a duration
         self._on_fault = on_fault
         self._on_clear = on_clear
         self._check = check
@@ -75,19 +115,28 @@ class OutboxStore:
         self.storage = statedir.StorageState(self._fault, self._cleared)
         self.alerts_path = path.with_name(f"{path.stem}-alerts{path.suffix}")
         self._db = Db(path, schema=SCHEMA, page_size=PAGE_SIZE, storage=self.storage, on_fault=self._fault,
-                      clock=clock, wal=TELEMETRY_WAL)
+                      clock=self._clock, wal=TELEMETRY_WAL, added=ADDED)
         self.alerts = AlertStore(Db(self.alerts_path, schema=ALERT_SCHEMA, page_size=4096, storage=self.storage,
-                                    on_fault=self._fault, clock=clock))
+                                    on_fault=self._fault, clock=self._clock, added=ALERT_ADDED))
         self._log = WindowLog(path.with_name(path.name + ".log"))
         self._boot = BootRecord(path.with_name(path.name + ".boot"))
         self.seq = Sequence()
         self._ram: dict[int, Row] = {}  # telemetry on no disk yet (its window, or the card refused it)
-        self._ram_since: float | None = None  # when the oldest RAM row not yet tried was accepted
+        self._ram_since: float | None = None  # when (monotonic) the oldest RAM row not yet tried was accepted
+        self._held = 0  # RAM rows a write to the card could not take (counted, not searched for)
+        self._held_below = 0  # ... all of them have ids below this
         self._logged: dict[int, Row] = {}  # in the window log, not yet in the database
-        self._logged_since: float | None = None
+        self._logged_since: float | None = None  # monotonic
         self._leased: dict[int, Row] = {}  # handed out to be published, not yet acknowledged or released
+        self._evicted_in_flight: set[int] = set()  # evicted while leased: their acknowledgement deletes nothing
         self._deletes: set[int] = set()  # acked, on disk, delete not yet committed
-        self._last_commit = self._last_sync = self._retry_at = self._expire_at = 0.0
+        self._last_commit = self._last_sync = self._retry_at = self._expire_at = 0.0  # monotonic
+        self._started = 0.0  # monotonic, at open: this boot's uptime is measured from here
+        self._marks_seq = array("q")  # (seq, monotonic) of this boot every MARK_S: the age of its rows
+        self._marks_mono = array("d")
+        self._mark_from = 0.0  # when the last mark's MARK_S began
+        self._head: tuple[int, float, bool] | None = None  # the database's first row: (id, accepted_at, trusted)
+        self._replayed = False  # rows read back from the window log may be in the database already
         self._checkpoints: queue.Queue[object] = queue.Queue()
         self.disk_rows = self.disk_bytes = 0
         self.evictions = self.dropped = self.rejected = self.log_appends = 0
@@ -119,6 +168,7 @@ class OutboxStore:
             refused = statedir.refuse_foreign(name, clock=self._clock)
             if refused:
                 self._fault("state_file_refused", refused)
+        self._started = self._time.monotonic()
         self._db.open()
         self.alerts.db.open()
         floor = max((int(r[0]) >> 32 for db in (self._db, self.alerts.db)  # the boot record lost: not below
@@ -129,8 +179,8 @@ class OutboxStore:
             self.storage.failed(self._boot.path.name, self._boot.error)
         self.evictions, self.dropped = self._meta("evictions"), self._meta("dropped")
         self._counted = (self.evictions, self.dropped)
-        self._replay_log()
         self._count_disk()
+        self._replay_log()
         for row in self._from_disk(self.alerts.stored(), alerts=True):
             self.alerts.rows[row.id] = row
             self._offer(row)
@@ -151,12 +201,13 @@ class OutboxStore:
             self._fault("outbox_rejected", f"{len(rows) - len(checked)} messages of the window log dropped, not "
                                            "published: not this vehicle's")
         rows = checked
+        self._replayed = bool(rows)
         if rows and self._insert(rows):
             with contextlib.suppress(OSError):
                 self._log.clear()
         elif rows:
             self._logged = {r.id: r for r in rows}
-            self._logged_since = self._clock()
+            self._logged_since = self._time.monotonic()
             for row in rows:
                 self._offer(row)
 
@@ -165,9 +216,41 @@ class OutboxStore:
         return int(found[0][0]) if found else 0
 
     def _count_disk(self) -> None:
+        """At open (a scan, once): the counters every later change keeps."""
         found = self._db.read("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox")
         if found:
             self.disk_rows, self.disk_bytes = int(found[0][0]), int(found[0][1])
+        self._read_head()
+
+    def _read_head(self) -> None:
+        """The database's first row, after a change that may have removed it (by the key: no scan)."""
+        found = self._db.read("SELECT id, accepted_at, time_trusted FROM outbox ORDER BY id LIMIT 1")
+        self._head = (int(found[0][0]), float(found[0][1]), bool(found[0][2])) if found else None
+
+    def _mark(self, seq: int, mono: float) -> None:
+        """Message ``seq`` of this boot accepted at monotonic ``mono``: one mark per MARK_S, the last
+        message accepted in it (so that every row has a mark at most MARK_S younger than itself)."""
+        if not self._marks_mono or mono - self._mark_from >= MARK_S:
+            self._marks_seq.append(seq)
+            self._marks_mono.append(mono)
+            self._mark_from = mono
+        else:
+            self._marks_seq[-1], self._marks_mono[-1] = seq, mono
+
+    def _age_of(self, row_id: int, accepted_at: float, trusted: bool) -> float:
+        """How old row ``row_id`` is known to be at least: by the monotonic clock for this boot's rows;
+        by trusted times for an earlier boot's, and at least this boot's uptime."""
+        mono = self._time.monotonic()
+        boot, seq = split(row_id)
+        if boot == self.seq.boot:
+            at = bisect.bisect_left(self._marks_seq, seq)
+            return 0.0 if at == len(self._marks_seq) else max(0.0, mono - self._marks_mono[at])
+        uptime = max(0.0, mono - self._started)
+        if trusted:
+            now, now_trusted = self._time.stamp()
+            if now_trusted:
+                return max(uptime, now - accepted_at)
+        return uptime
 
     def _fault(self, code: str, detail: str) -> None:
         log.error("fault %s: %s", code, detail)
@@ -182,7 +265,7 @@ class OutboxStore:
 
     def tick(self) -> None:
         """Called by the core loop: write what is due, retry what the card refused."""
-        now = self._clock()
+        now = self._time.monotonic()
         if self.storage.failing and now >= self._retry_at:
             self._retry_at = now + RETRY_S
             self._retry()
@@ -207,19 +290,33 @@ class OutboxStore:
     def _to_log(self) -> None:
         rows = sorted(self._ram.values())
         self._ram_since = None
-        if not rows or (len(self._logged) >= LOG_MAX_ROWS and not self._batch()):
-            return  # the database refuses the log's rows: the new ones wait in RAM (the ring bounds them)
+        if not rows:
+            return
+        if len(self._logged) >= LOG_MAX_ROWS and not self._batch():
+            self._hold(rows)  # the database refuses the log's rows: the new ones wait in RAM (the ring bounds them)
+            return
         try:
             self._log.append(rows)
         except OSError as exc:
             self.storage.failed(self._log.path.name, exc)
+            self._hold(rows)
             return
         self.log_appends += 1
         self.storage.ok(self._log.path.name)
         self._ram.clear()
+        self._held = 0
         if not self._logged:
-            self._logged_since = self._clock()
+            self._logged_since = self._time.monotonic()
         self._logged.update((r.id, r) for r in rows)
+
+    def _hold(self, rows: list[Row]) -> None:
+        """``rows`` (all of RAM, in id order) outlived their window: the card did not take them."""
+        self._held, self._held_below = len(rows), rows[-1].id + 1
+
+    def _unheld(self, row_id: int) -> None:
+        """RAM row ``row_id`` left RAM (acknowledged, dropped)."""
+        if row_id < self._held_below and self._held:
+            self._held -= 1
 
     def _sync_log(self, now: float) -> None:
         self._last_sync = now
@@ -242,7 +339,6 @@ class OutboxStore:
         if self._db.wal:
             self._checkpoints.put(self.path)
             self._db.since_checkpoint = 0
-        self._enforce_bounds()
         if self._read_ahead_size > 2 * PAGE:
             self._forget_read_ahead()  # a long outage: do not keep the backlog in RAM
         return True
@@ -250,44 +346,115 @@ class OutboxStore:
     def _insert(self, rows: list[Row]) -> bool:
         deletes = list(self._deletes)
         counters = (self.evictions, self.dropped)
-
-        packed = [(r.priority, r.id, r.topic, pack(r.payload), r.accepted_at) for r in rows]
+        packed = [(r.priority, r.id, r.topic, pack(r.payload), r.accepted_at, int(r.trusted)) for r in rows]
+        replayed = self._replayed
+        cutoff = self._cutoff(len(packed), sum(len(p[3]) for p in packed))  # evicted in the same transaction
+        change = [0, 0, 0, 0, 0, 0]  # rows and bytes inserted, deleted (acknowledged), evicted
+        victims: list[int] = []
 
         def apply(db: sqlite3.Connection) -> None:
-            db.executemany("INSERT OR IGNORE INTO outbox (priority, id, topic, payload, accepted_at) "
-                           "VALUES (?,?,?,?,?)", packed)
-            self._apply_deletes(db, deletes)
-            if counters != self._counted:
+            new = packed
+            if replayed:  # the window log read back at start: some of its rows may have made it already
+                there = set(self._present(db, [p[1] for p in packed]))
+                new = [p for p in packed if p[1] not in there]
+            db.executemany("INSERT OR IGNORE INTO outbox (priority, id, topic, payload, accepted_at, time_trusted) "
+                           "VALUES (?,?,?,?,?,?)", new)
+            change[0], change[1] = len(new), sum(len(p[3]) for p in new)
+            change[2], change[3] = self._apply_deletes(db, deletes)
+            if cutoff is not None:
+                gone = db.execute("DELETE FROM outbox WHERE priority > 0 AND id <= ? RETURNING id, length(payload)",
+                                  (cutoff,)).fetchall()
+                victims[:] = [int(r[0]) for r in gone]
+                change[4], change[5] = len(gone), sum(int(r[1]) for r in gone)
+            if counters != self._counted or change[4]:
                 db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                               (("evictions", counters[0]), ("dropped", counters[1])))
+                               (("evictions", counters[0] + change[4]), ("dropped", counters[1])))
 
         if not self._db.write(apply, durable=True):
             return False
-        self._counted = counters
-        self._committed(deletes)
-        self.disk_rows += len(rows)
-        self.disk_bytes += sum(len(p[3]) for p in packed)
+        self._counted = (counters[0] + change[4], counters[1])
+        self._replayed = False
+        self.disk_rows += change[0]
+        self.disk_bytes += change[1]
+        self._committed(deletes, change[2], change[3])
+        if change[4]:
+            self._evicted(victims, change[4], change[5])
+        elif self._head is None and change[0]:
+            self._read_head()
         return True
+
+    def _cutoff(self, rows: int, size: int) -> int | None:
+        """The id up to which the oldest telemetry must go for ``rows`` more rows of ``size`` stored bytes to
+        fit the bounds: exactly the excess (never a share of the table), found by the key."""
+        over = self._over(rows, size)
+        if over <= 0:
+            return None
+        # by the key alone (a filter on priority here makes SQLite sort the whole table); acknowledged rows
+        # go in the same transaction; a row of an earlier version's alert in the range stays (priority 0)
+        found = self._db.read("SELECT id FROM outbox ORDER BY id LIMIT 1 OFFSET ?", (over + len(self._deletes) - 1,))
+        if found:
+            return int(found[0][0])
+        last = self._db.read("SELECT max(id) FROM outbox")
+        return None if not last or last[0][0] is None else int(last[0][0])
+
+    def _over(self, rows: int, size: int) -> int:
+        """How many of the oldest rows must go for ``rows`` more of ``size`` stored bytes to fit the bounds."""
+        over = self.disk_rows - len(self._deletes) + rows - self._cfg.max_messages
+        over_bytes = self.disk_bytes + size - self._cfg.max_bytes
+        if over_bytes > 0:
+            average = self.disk_bytes / self.disk_rows if self.disk_rows else 1.0
+            over = max(over, math.ceil(over_bytes / max(average, 1.0)))
+        return over
+
+    def _victims(self, rows: int, size: int) -> list[int]:
+        """The ids :meth:`_cutoff` would evict (a bound lowered, no batch to evict with)."""
+        over = self._over(rows, size)
+        if over <= 0:
+            return []
+        found = self._db.read("SELECT id FROM outbox WHERE priority > 0 ORDER BY id LIMIT ?",
+                              (over + len(self._deletes),))
+        return [i for i in (int(r[0]) for r in found) if i not in self._deletes][:over]
+
+    @staticmethod
+    def _present(db: sqlite3.Connection, ids: list[int]) -> list[int]:
+        found = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))  # placeholders only: the ids are bound parameters
+            found += [int(r[0]) for r in db.execute(f"SELECT id FROM outbox WHERE id IN ({marks})", chunk)]  # noqa: S608
+        return found
 
     def _commit_deletes(self) -> None:
         deletes = list(self._deletes)
-        if self._db.write(lambda db: self._apply_deletes(db, deletes), durable=False):
-            self._committed(deletes)
+        change = [0, 0]
+
+        def apply(db: sqlite3.Connection) -> None:
+            change[0], change[1] = self._apply_deletes(db, deletes)
+
+        if self._db.write(apply, durable=False):
+            self._committed(deletes, change[0], change[1])
 
     @staticmethod
-    def _apply_deletes(db: sqlite3.Connection, deletes: list[int]) -> None:
+    def _apply_deletes(db: sqlite3.Connection, deletes: list[int]) -> tuple[int, int]:
+        """Delete ``deletes``; returns the rows and the stored bytes that went (exact, not estimated)."""
+        rows = size = 0
         for start in range(0, len(deletes), 500):  # one statement per 500: one GIL hand-over, not 500
             chunk = deletes[start:start + 500]
             marks = ",".join("?" * len(chunk))  # placeholders only: the ids are bound parameters
-            db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)  # noqa: S608
+            gone = db.execute(f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING length(payload)",  # noqa: S608
+                              chunk).fetchall()
+            rows += len(gone)
+            size += sum(int(r[0]) for r in gone)
+        return rows, size
 
-    def _committed(self, deletes: list[int]) -> None:
-        self._last_commit = self._clock()
+    def _committed(self, deletes: list[int], rows: int, size: int) -> None:
+        self._last_commit = self._time.monotonic()
         if deletes:
             self._deletes.difference_update(deletes)
-            average = self.disk_bytes / self.disk_rows if self.disk_rows else 0
-            self.disk_rows = max(0, self.disk_rows - len(deletes))
-            self.disk_bytes = 0 if not self.disk_rows else max(0, int(self.disk_bytes - average * len(deletes)))
+            self.disk_rows = max(0, self.disk_rows - rows)
+            self.disk_bytes = max(0, self.disk_bytes - size)
+            if self._head is not None and rows:
+                self._read_head()
 
     def _retry(self) -> None:
         """The card refused something: try everything pending again; each success clears its part.
@@ -328,6 +495,7 @@ class OutboxStore:
         if self._insert(rows):
             self._ram.clear()
             self._ram_since = None
+            self._held = 0
             self._logged.clear()
             self._logged_since = None
             with contextlib.suppress(OSError):
@@ -338,42 +506,71 @@ class OutboxStore:
         self.alerts.save()
 
     def _enforce_bounds(self) -> None:
-        over_rows = self.disk_rows - self._cfg.max_messages
-        if over_rows > 0 or self.disk_bytes > self._cfg.max_bytes:
-            self._evict("SELECT id, length(payload) FROM outbox WHERE priority > 0 ORDER BY id LIMIT ?",
-                        (max(over_rows, self.disk_rows // 20, 1),))
+        """Over the bounds with nothing to insert (a bound lowered, a flush that could not insert): evict."""
+        victims = self._victims(0, 0)
+        if victims:
+            self._evict_ids(victims)
 
     def expire(self) -> None:
-        """Evict telemetry older than ``max_age_h`` (every ``BATCH_S``): the oldest rows of each kind, in
-        id order, as far as they are too old (a page of them at a time: never a scan of the table)."""
-        cutoff = self._clock() - self._cfg.max_age_h * 3600
+        """Evict telemetry known to be older than ``max_age_h`` (every ``BATCH_S``; see the module docstring):
+        the oldest rows of each kind, in id order, as far as they are known to be too old (a page of them at
+        a time: never a scan of the table)."""
+        max_age = self._cfg.max_age_h * 3600
+        mono = self._time.monotonic()
+        this_boot = self.seq.row_id(0)
+        if mono - self._started > max_age:  # every row of an earlier boot is older than this boot
+            self._expire_page("id < ?", (this_boot,))
+        else:
+            now, trusted = self._time.stamp()
+            if trusted:
+                self._expire_page("id < ? AND time_trusted = 1 AND accepted_at < ?", (this_boot, now - max_age))
+        known = bisect.bisect_right(self._marks_mono, mono - max_age)  # marks at least max_age old
+        if known:
+            self._expire_page("id BETWEEN ? AND ?", (this_boot, self.seq.row_id(self._marks_seq[known - 1])))
+            del self._marks_seq[:known - 1], self._marks_mono[:known - 1]  # the rows before are gone
+
+    def _expire_page(self, where: str, args: tuple[object, ...]) -> None:
         for priority in (1, 2, 3, 4):
-            self._evict("SELECT id, length(payload) FROM (SELECT id, payload, accepted_at FROM outbox "
-                        "WHERE priority = ? ORDER BY id LIMIT 500) WHERE accepted_at < ?", (priority, cutoff))
+            for _ in range(20):  # a few pages each round; the rest at the next
+                select = ("SELECT id, length(payload) FROM (SELECT id, payload, accepted_at, time_trusted "  # noqa: S608
+                          f"FROM outbox WHERE priority = ? ORDER BY id LIMIT ?) WHERE {where}")  # ``where``: ours
+                evicted = self._evict(select, (priority, EXPIRE_PAGE, *args))
+                if evicted < EXPIRE_PAGE:
+                    break
 
     def _evict(self, select: str, args: tuple[object, ...]) -> int:
-        found = self._db.read(select, args)  # (id, stored size): the oldest telemetry
-        ids = [int(r[0]) for r in found]
+        """Evict the rows ``select`` finds (ids first); returns how many it found."""
+        ids = [int(r[0]) for r in self._db.read(select, args)]  # the oldest telemetry, as far as it must go
+        if ids:
+            self._evict_ids([i for i in ids if i not in self._deletes])  # acknowledged already: not evictions
+        return len(ids)
+
+    def _evict_ids(self, ids: list[int]) -> None:
         if not ids:
-            return 0
-        evictions = self.evictions + len(ids)
+            return
+        change = [0, 0]
 
         def apply(db: sqlite3.Connection) -> None:
-            self._apply_deletes(db, ids)
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('evictions', ?)", (evictions,))
+            change[0], change[1] = self._apply_deletes(db, ids)
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('evictions', ?)",
+                       (self.evictions + change[0],))
 
-        if not self._db.write(apply, durable=False):
-            return 0
-        self.evictions = evictions
-        self._counted = (evictions, self._counted[1])
-        log.warning("outbox full: evicted the %d oldest telemetry messages", len(ids))
+        if self._db.write(apply, durable=False):
+            self._counted = (self.evictions + change[0], self._counted[1])
+            self._last_commit = self._time.monotonic()
+            self._evicted(ids, change[0], change[1])
+
+    def _evicted(self, ids: list[int], rows: int, size: int) -> None:
+        """``ids`` evicted (committed): ``rows`` rows of ``size`` stored bytes went."""
+        self.evictions += rows
+        log.warning("outbox full: evicted the %d oldest telemetry messages", rows)
         for row_id in ids:
-            self._leased.pop(row_id, None)
-            self._deletes.discard(row_id)
-        self.disk_rows = max(0, self.disk_rows - len(ids))
-        self.disk_bytes = max(0, self.disk_bytes - sum(int(r[1]) for r in found))
+            if self._leased.pop(row_id, None) is not None:
+                self._evicted_in_flight.add(row_id)
+        self.disk_rows = max(0, self.disk_rows - rows)
+        self.disk_bytes = max(0, self.disk_bytes - size)
+        self._read_head()
         self._forget_read_ahead()
-        return len(ids)
 
     def run_checkpoints(self, worker: Worker) -> None:
         """The "outbox-checkpoint" thread (supervised): WAL checkpoints (an fsync of the database file,

@@ -64,7 +64,8 @@ class Row:
     id: int  # boot << 32 | seq
     topic: str = field(compare=False)
     payload: bytes = field(compare=False)
-    accepted_at: float = field(compare=False)  # Unix time
+    accepted_at: float = field(compare=False)  # Unix time, as the unit's clock had it
+    trusted: bool = field(default=False, compare=False)  # accepted_at is true UTC (agent.clock.Clock.stamp)
 
     @property
     def key(self) -> tuple[int, int]:

@@ -20,6 +20,9 @@ its own for each checkpoint (:func:`checkpoint`).
   write and tries again later. On ``storage_failed`` the connection is
   closed, so that a card gone read-only can be unmounted and checked; it is
   opened again on the next attempt.
+- A file an earlier version made gets the columns added since
+  (``added``: ``ALTER TABLE ... ADD COLUMN`` with a constant default, which
+  rewrites no row).
 - A database that does not open as one (corrupt) is moved aside
   (``*.corrupt-<time>``), replaced by a new one and reported
   (``outbox_corrupt``): never a crash loop, never a silent delete.
@@ -47,8 +50,9 @@ _CORRUPT = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 class Db:
     def __init__(self, path: Path, *, schema: str, page_size: int, storage: statedir.StorageState,
                  on_fault: Callable[[str, str], None], clock: Callable[[], float] = time.time,
-                 wal: bool = True) -> None:
+                 wal: bool = True, added: tuple[tuple[str, str, str], ...] = ()) -> None:
         self.path = path
+        self._added = added  # (table, column, declaration): columns added since a file could have been made
         self.name = path.name
         self._schema = schema
         self._page_size = page_size
@@ -104,6 +108,9 @@ class Db:
             if check != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {check}")
             db.executescript(self._schema)
+            for table, column, declaration in self._added:  # a file of an earlier version: the column added
+                if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         except BaseException:
             db.close()
             raise

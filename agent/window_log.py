@@ -12,8 +12,9 @@ which it is emptied. At start, what it holds is read back into the
 database (rows already there are ignored: their ids are unique).
 
 Record: ``<length u32><crc32 u32>`` then ``<id i64><priority u8><accepted_at f64><topic length u16>``,
-the topic, and the packed payload. Reading stops at the first record that
-is short or fails its CRC: the tail a power cut tore.
+the topic, and the packed payload. The priority byte's high bit (``TRUSTED``) says that ``accepted_at``
+is true UTC; a record without it (or written by a version before the bit) is read as untrusted.
+Reading stops at the first record that is short or fails its CRC: the tail a power cut tore.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from agent.rows import Row, pack, unpack
 HEAD = struct.Struct("<II")
 BODY = struct.Struct("<qBdH")
 MAX_RECORD = 1 << 20
+TRUSTED = 0x80
 
 
 def encode(row: Row) -> bytes:
     topic = row.topic.encode()
-    body = BODY.pack(row.id, row.priority, row.accepted_at, len(topic)) + topic + pack(row.payload)
+    flags = row.priority | (TRUSTED if row.trusted else 0)
+    body = BODY.pack(row.id, flags, row.accepted_at, len(topic)) + topic + pack(row.payload)
     return HEAD.pack(len(body), zlib.crc32(body)) + body
 
 
@@ -65,10 +68,11 @@ class WindowLog:
             body = data[offset + HEAD.size:offset + HEAD.size + length]
             if length > MAX_RECORD or len(body) < length or zlib.crc32(body) != crc or length < BODY.size:
                 break
-            row_id, priority, accepted_at, topic_len = BODY.unpack_from(body)
+            row_id, flags, accepted_at, topic_len = BODY.unpack_from(body)
             topic = body[BODY.size:BODY.size + topic_len]
             try:
-                rows.append(Row(priority, row_id, topic.decode(), unpack(body[BODY.size + topic_len:]), accepted_at))
+                rows.append(Row(flags & ~TRUSTED, row_id, topic.decode(), unpack(body[BODY.size + topic_len:]),
+                                accepted_at, bool(flags & TRUSTED)))
             except ValueError:
                 break
             offset += HEAD.size + length

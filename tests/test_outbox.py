@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent import outbox as outbox_module
-from agent import outbox_store
 from agent.boot import split
+from agent.clock import Clock
 from agent.config import OutboxConfig
 from agent.messages import Priority
 from agent.outbox import Outbox
 from tests.support.storage import fill, tmpfs
+
+PREVIOUS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, priority INTEGER NOT NULL, topic TEXT NOT NULL,
+                                   payload BLOB NOT NULL, accepted_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""  # the telemetry database as versions before ``time_trusted`` made it
 
 
 class FakeTime:
@@ -283,7 +295,7 @@ def test_a_backlog_left_by_the_previous_version_is_still_published(tmp_path: Pat
               b'"gnss_mode":1,"alert_id":null}')
     db = sqlite3.connect(tmp_path / "outbox.sqlite")
     db.execute("PRAGMA journal_mode=WAL")
-    db.executescript(outbox_store.SCHEMA)
+    db.executescript(PREVIOUS_SCHEMA)
     db.execute("INSERT INTO outbox VALUES (1042, 3, 'patrol/PV-1/position', ?, 1.0)", (legacy,))
     db.commit()
     db.close()
@@ -292,3 +304,189 @@ def test_a_backlog_left_by_the_previous_version_is_still_published(tmp_path: Pat
     new = box.accept(box.seq.take(), Priority.POSITION, "patrol/PV-1/position", b'{"x":1}')  # not checked: RAM
     assert [(r.id, r.payload) for r in box.lease(10)] == [(1042, legacy), (new, b'{"x":1}')]
     assert box.rejected == 0
+
+
+class SteppingClock:
+    """The unit's clock with a wall clock that steps and a monotonic clock that does not."""
+
+    def __init__(self, *, synced: bool) -> None:
+        self.wall = 1_800_000_000.0
+        self.mono = 1000.0
+        self.synced = synced
+
+    def clock(self) -> Clock:
+        return Clock(wall=lambda: self.wall, monotonic=lambda: self.mono, synced=lambda: self.synced)
+
+    def run(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+
+def make_with(tmp_path: Path, clock: SteppingClock, **cfg: int | float) -> Outbox:
+    box = Outbox(tmp_path / "outbox.sqlite", OutboxConfig(**cfg), clock=clock.clock())
+    box.open()
+    return box
+
+
+def stored_trust(path: Path) -> list[tuple[int, int]]:
+    with sqlite3.connect(path) as db:
+        return [(r[0], r[1]) for r in db.execute("SELECT id, time_trusted FROM outbox ORDER BY id")]
+
+
+@pytest.mark.parametrize("synced", [False, True])
+def test_a_wall_clock_jumping_forward_expires_nothing_of_this_boot(tmp_path: Path, synced: bool) -> None:
+    clock = SteppingClock(synced=synced)
+    box = make_with(tmp_path, clock, max_age_h=1)
+    rows = put(box, Priority.POSITION, 3)
+    box.flush()
+    clock.wall += 7 * 24 * 3600  # NTP, or a receiver, sets the clock a week ahead
+    clock.run(60)
+    box.tick()
+    box.expire()
+    assert disk_ids(box.path) == rows and box.evictions == 0
+    clock.run(3600)  # an hour on the monotonic clock: now they are known to be too old
+    box.expire()
+    assert disk_ids(box.path) == [] and box.evictions == 3
+
+
+def test_untrusted_rows_of_an_earlier_boot_expire_only_after_this_boots_uptime_exceeds_max_age(tmp_path: Path) -> None:
+    clock = SteppingClock(synced=False)  # a Pi without RTC, before NTP
+    box = make_with(tmp_path, clock, max_age_h=1)
+    rows = put(box, Priority.POSITION, 3)
+    box.close()
+    assert [t for _, t in stored_trust(box.path)] == [0, 0, 0]
+    clock.wall += 30 * 24 * 3600  # the next start: NTP has put the clock a month ahead
+    clock.synced = True
+    again = make_with(tmp_path, clock, max_age_h=1)
+    again.expire()
+    assert disk_ids(again.path) == rows  # their age is not known: kept
+    clock.run(3500)
+    again.expire()
+    assert disk_ids(again.path) == rows
+    clock.run(200)  # this boot alone has lasted longer than max_age
+    again.expire()
+    assert disk_ids(again.path) == [] and again.evictions == 3
+
+
+def test_trusted_rows_of_an_earlier_boot_expire_against_a_trusted_now_only(tmp_path: Path) -> None:
+    clock = SteppingClock(synced=True)
+    box = make_with(tmp_path, clock, max_age_h=1)
+    rows = put(box, Priority.POSITION, 3)
+    clock.run(1.5)
+    box.tick()  # through the window log: the trust is kept there too
+    box.close()
+    assert [t for _, t in stored_trust(box.path)] == [1, 1, 1]
+    clock.wall += 2 * 3600
+    clock.synced = False  # the next start: the clock is not trusted (yet)
+    again = make_with(tmp_path, clock, max_age_h=1)
+    again.expire()
+    assert disk_ids(again.path) == rows
+    again.close()
+    clock.synced = True
+    third = make_with(tmp_path, clock, max_age_h=1)
+    third.expire()
+    assert disk_ids(third.path) == [] and third.evictions == 3
+
+
+def test_the_commit_window_runs_on_through_a_wall_clock_stepped_back(tmp_path: Path) -> None:
+    clock = SteppingClock(synced=False)
+    box = make_with(tmp_path, clock, commit_window_ms=1000)
+    put(box, Priority.POSITION, 2)
+    clock.wall -= 3600  # the clock is corrected an hour back
+    for _ in range(15):
+        put(box, Priority.POSITION)
+        clock.mono += 0.1
+        box.tick()
+    assert box.log_appends >= 1 and (tmp_path / "outbox.sqlite.log").stat().st_size > 0
+    assert box.stats()["held_in_ram"] == 0
+
+
+def test_oldest_age_is_what_can_be_known(tmp_path: Path) -> None:
+    clock = SteppingClock(synced=False)
+    box = make_with(tmp_path, clock)
+    assert box.oldest_age_s() is None
+    put(box, Priority.POSITION, 2)
+    clock.run(20)
+    clock.wall += 7 * 24 * 3600
+    assert 15 <= (box.oldest_age_s() or 0) <= 20  # this boot's: by the monotonic clock, not a week
+    box.close()
+    again = make_with(tmp_path, clock)
+    clock.run(30)
+    assert again.oldest_age_s() == 30  # an earlier boot's, untrusted: at least this boot's uptime
+
+
+OPS = st.sampled_from(["accept", "alert", "lease_ack", "ack_out", "tick", "batch", "flush", "restart", "kill", "age"])
+
+
+def _truth(box: Outbox) -> tuple[int, int, int, int | None]:
+    """On disk rows and stored bytes (from the file, another connection), messages waiting, the oldest one."""
+    with contextlib.closing(sqlite3.connect(box.path)) as db:
+        rows = db.execute("SELECT id, length(payload) FROM outbox").fetchall()
+    waiting = ({r[0] for r in rows} - box._deletes) | set(box._ram) | set(box._logged) | set(box.alerts.rows)
+    return len(rows), sum(r[1] for r in rows), len(waiting), min(waiting, default=None)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.tuples(OPS, st.integers(1, 60)), min_size=1, max_size=25))
+def test_counters_equal_the_true_counts_whatever_comes_and_goes(ops: list[tuple[str, int]]) -> None:
+    """A random mix of accepts, acknowledgements, releases, batches with evictions, expiry, restarts and
+    kills: the outbox's counters (kept as rows come and go) are what the files and RAM hold."""
+    with tempfile.TemporaryDirectory() as tmp:
+        clock = SteppingClock(synced=True)
+        box = make_with(Path(tmp), clock, max_messages=100, max_age_h=1)
+        accepted, acked, killed = 0, 0, False
+        out: list[int] = []  # leased, neither acknowledged nor released
+        for op, n in ops:
+            if op == "accept":
+                for _ in range(n):  # payloads of many sizes: stored bytes cannot be estimated from an average
+                    seq = box.seq.take()
+                    pad = "".join(hashlib.sha256(b"%d-%d" % (seq, i)).hexdigest() for i in range(seq % 7))
+                    box.accept(seq, Priority.POSITION, "t", b'{"seq":%d,"pad":"%s"}' % (seq, pad.encode()))
+                accepted += n
+            elif op == "alert":
+                put(box, Priority.ALERT)
+                accepted += 1
+            elif op == "lease_ack":  # a third acknowledged, a third released (link down), a third kept out
+                leased = box.lease(n)
+                box.ack([r.id for r in leased[::3]])
+                box.release([r.id for r in leased[1::3]])
+                out += [r.id for r in leased[2::3]]
+                acked += len(leased[::3])
+            elif op == "ack_out":  # their PUBACKs come (some may have been evicted meanwhile)
+                evicted = box.evictions
+                with contextlib.closing(sqlite3.connect(box.path)) as db:
+                    there = {r[0] for r in db.execute("SELECT id FROM outbox")}
+                kept = there | set(box._ram) | set(box._logged) | set(box.alerts.rows)
+                acked += sum(1 for i in out if i in kept and i not in box._deletes)
+                box.ack(out)
+                out = []
+                assert box.evictions == evicted
+            elif op == "tick":
+                clock.run(1.5)
+                box.tick()
+            elif op == "batch":
+                clock.run(outbox_module.BATCH_S)
+                box.tick()
+            elif op == "flush":
+                box.flush()
+            elif op == "age":
+                clock.run(n * 120)
+                box.expire()
+            elif op in ("restart", "kill"):
+                if op == "restart":
+                    box.close()
+                else:
+                    box._release()  # kill -9: nothing flushed; RAM, uncommitted acks and counters lost
+                    killed = True
+                box = make_with(Path(tmp), clock, max_messages=100, max_age_h=1)
+                out = []  # a new connection: those will never be acknowledged
+            stats = box.stats()
+            on_disk, size, waiting, oldest = _truth(box)
+            assert (stats["on_disk"], stats["bytes"], stats["depth"]) == (on_disk, size, waiting), (op, n)
+            if oldest is None:
+                assert stats["oldest_age_s"] is None
+            else:
+                assert stats["oldest_age_s"] is not None
+            if not killed:  # every message is waiting, acknowledged, evicted or dropped
+                assert accepted == waiting + acked + box.evictions + box.dropped, (op, n)
+        box.close()

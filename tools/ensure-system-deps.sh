@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the system packages the agent and its tests need are present:
-# python3-venv (to create .venv) and mosquitto (the tests' real broker).
+# python3-venv (to create .venv), mosquitto (the tests' real broker) and faketime
+# (libfaketime: the tests that step the daemon's wall clock).
 # Installs them with apt-get when missing and permitted (root, or sudo without
 # a password, and PATROL_NO_APT unset); otherwise says exactly what to install.
 set -euo pipefail
@@ -18,6 +19,13 @@ fi
 rm -rf "$tmp"
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     missing+=(mosquitto)
+fi
+faketime_lib=no
+for lib in /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1; do
+    [ -e "$lib" ] && faketime_lib=yes
+done
+if [ "$faketime_lib" = no ]; then
+    missing+=(faketime)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
