@@ -33,14 +33,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
-import select
 import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +49,7 @@ from agent.config import MqttConfig
 from agent.events import Acked, FaultCleared, FaultRaised, LinkDown, LinkUp, Post, Received
 from agent.link_policy import Broker, LinkPolicy, describe
 from agent.supervisor import Worker
+from agent.uplink_channel import Channel, Hurry, Publish, Stop, Submit
 
 log = logging.getLogger(__name__)
 
@@ -59,34 +57,6 @@ LAST_WORDS_WAIT_S = 2.0
 ACK_BATCH = 64  # backlog PUBACKs handed to the core together (an alert's at once)
 TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason: session taken over
 STABLE_S = 60.0  # a connection up this long without an oversized packet clears inbound_too_large
-
-
-@dataclass(frozen=True, slots=True)
-class _Submit:
-    generation: int
-    items: tuple[tuple[int, str, bytes], ...]
-    urgent: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Publish:
-    generation: int
-    topic: str
-    payload: bytes
-    retain: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Stop:
-    last_words: tuple[str, bytes] | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Hurry:
-    urgent: bool  # an alert waits: retry at once, then at the short interval
-
-
-_Work = _Submit | _Publish | _Stop | _Hurry
 
 
 class Uplink:
@@ -112,10 +82,7 @@ class Uplink:
         self._policy = LinkPolicy(cfg, rng or random.Random(), clock)
         self._versions = wire.VersionMemory(versions)
         self._policy.remember(self._versions.load())
-        self._inbox: deque[_Work] = deque()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._channel = Channel()
         self._stopping = False
         # uplink thread only, from here on
         self._generation = 0
@@ -140,29 +107,22 @@ class Uplink:
     def submit(self, generation: int, items: Sequence[tuple[int, str, bytes]], *, urgent: bool = False) -> None:
         """Tracked messages (token = outbox row id) for connection ``generation``; PUBACKs come
         back as :class:`Acked` by token. Dropped if that connection is gone (its LinkDown says so)."""
-        self._hand(_Submit(generation, tuple(items), urgent))
+        self._channel.hand(Submit(generation, tuple(items), urgent))
 
     def publish(self, generation: int, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """One untracked message (the retained status) on connection ``generation``."""
-        self._hand(_Publish(generation, topic, payload, retain))
+        self._channel.hand(Publish(generation, topic, payload, retain))
 
     def hurry(self, urgent: bool) -> None:
         """An alert is waiting (True) or not any more (False): changes the reconnect rhythm."""
-        self._hand(_Hurry(urgent))
+        self._channel.hand(Hurry(urgent))
 
     def request_stop(self, last_words: tuple[str, bytes] | None = None) -> None:
         """Publish ``last_words`` (the offline status) if connected, disconnect, end the thread."""
-        self._hand(_Stop(last_words))
-
-    def _hand(self, work: _Work) -> None:
-        self._inbox.append(work)
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"!")
+        self._channel.hand(Stop(last_words))
 
     def close(self) -> None:
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._channel.close()
 
     # --- the thread ---------------------------------------------------------------
 
@@ -189,25 +149,13 @@ class Uplink:
             if left <= 0:
                 return
             worker.beat()
-            self._sleep(min(left, wire.SLICE_S))
-            for work in self._take_inbox():
-                if isinstance(work, _Stop):
+            self._channel.sleep(min(left, wire.SLICE_S))
+            for work in self._channel.take():
+                if isinstance(work, Stop):
                     self._stopping = True
-                elif isinstance(work, _Hurry) and self._policy.set_urgent(work.urgent):
+                elif isinstance(work, Hurry) and self._policy.set_urgent(work.urgent):
                     return  # try now
                 # submits and publishes for a connection that is gone: its LinkDown released them
-
-    def _sleep(self, timeout: float) -> None:
-        with contextlib.suppress(InterruptedError):
-            select.select([self._wake_r], [], [], timeout)
-
-    def _take_inbox(self) -> list[_Work]:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.read(self._wake_r, 4096)
-        work = []
-        while self._inbox:
-            work.append(self._inbox.popleft())
-        return work
 
     def _session(self, worker: Worker, broker: Broker, protocol: str) -> float:
         """One connection, from attempt to loss; returns how long it was up."""
@@ -244,7 +192,7 @@ class Uplink:
         try:
             while True:
                 worker.beat()
-                rc = wire.step(client, self._wake_r)
+                rc = wire.step(client, self._channel.wake_fd)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     if isinstance(client, wire.BoundedClient) and client.oversized is not None:
                         self._oversized(broker, client.oversized)
@@ -313,20 +261,20 @@ class Uplink:
     def _serve_inbox(self, client: mqtt.Client, generation: int) -> bool:
         """Take handed-over work; True when asked to stop."""
         stop = False
-        for work in self._take_inbox():
+        for work in self._channel.take():
             match work:
-                case _Submit(generation=g, items=items, urgent=urgent) if g == generation and self._connected:
+                case Submit(generation=g, items=items, urgent=urgent) if g == generation and self._connected:
                     if urgent:
                         for token, topic, payload in items:
                             self._urgent_tokens.add(token)
                             self._publish(client, token, topic, payload, retain=False)
                     else:
                         self._queue.extend(items)
-                case _Publish(generation=g, topic=topic, payload=payload, retain=retain) if g == generation:
+                case Publish(generation=g, topic=topic, payload=payload, retain=retain) if g == generation:
                     self._publish(client, None, topic, payload, retain=retain)
-                case _Hurry(urgent=urgent):
+                case Hurry(urgent=urgent):
                     self._policy.set_urgent(urgent)
-                case _Stop(last_words=words):
+                case Stop(last_words=words):
                     self._stopping = True
                     if words is not None and self._connected:
                         self._publish(client, None, words[0], wire.for_connection(words[1], generation), retain=True)
@@ -364,7 +312,7 @@ class Uplink:
         deadline = self._clock() + LAST_WORDS_WAIT_S
         while self._connected and any(t is None for t, _ in self._inflight.values()) and self._clock() < deadline:
             worker.beat()
-            if wire.step(client, self._wake_r) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if wire.step(client, self._channel.wake_fd) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
         with contextlib.suppress(Exception):
             client.disconnect()
