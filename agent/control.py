@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 64 * 1024
-MAX_CLIENTS = 16  # connections served at once; beyond, a client is told "busy" and closed
+MAX_CLIENTS = 32  # connections served at once; beyond, a client is told "busy" and closed
+HANG_UP_POLL_S = 0.1  # how soon a client that hung up frees its slot
 REQUEST_DEADLINE_S = 5.0  # for the whole request line: a client dripping bytes is not waited for
 SOCKET_NAME = "control.sock"
 _END = object()
@@ -145,9 +146,9 @@ class ControlServer:
             waited = 0.0
             while True:
                 try:
-                    item = request._out.get(timeout=0.5)
+                    item = request._out.get(timeout=HANG_UP_POLL_S)
                 except queue.Empty:
-                    waited += 0.5
+                    waited += HANG_UP_POLL_S
                     if _hung_up(conn):
                         request.closed.set()
                         return
