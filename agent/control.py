@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.threadname import name_os_thread
+
 if TYPE_CHECKING:
     from agent.supervisor import Worker
 
@@ -107,6 +109,7 @@ class ControlServer:
             threading.Thread(target=self._handle, args=(conn,), name="control-conn", daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
+        name_os_thread("control-conn")
         with conn:
             conn.settimeout(5.0)
             try:
