@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import budget  # noqa: E402
+from benchmarks.installed import compile_bytecode  # noqa: E402
 from drivers.gnss.simulate import track  # noqa: E402
 from tests.support.agent_proc import AgentProcess, agent_config  # noqa: E402
 from tests.support.broker import Mosquitto  # noqa: E402
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds fed before the measurement starts")
     args = parser.parse_args()
+    compile_bytecode()  # as installed: no module compiled from source at start
     epochs = [text + GSV for _, text in track(laps=10, rate_hz=args.rate)]
     count = int(args.seconds * args.rate)
     warm = int(args.warmup * args.rate)
