@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -36,6 +37,21 @@ from tests.support.broker import Mosquitto
 from tests.support.mqtt import Collector
 from tests.support.pty_gnss import PtyGnss
 
+# what the daemon's imports cost in resident memory, in the order ``patrol-agent run`` meets them
+IMPORTS = ["json", "logging", "dataclasses", "sqlite3", "ssl", "pydantic", "pydantic.main", "yaml", "agent.config",
+           "agent.config_load", "agent.security", "serial", "pynmea2", "drivers.gnss.reader", "paho.mqtt.client",
+           "gpiozero", "gpiozero.pins.mock", "agent.messages", "agent.outbox", "agent.alerts", "agent.app"]
+IMPORT_COST = """
+import importlib, sys
+def kb(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+print(f"interpreter {kb('VmRSS')} {kb('RssAnon')}")
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+    print(f"{name} {kb('VmRSS')} {kb('RssAnon')}")
+"""
 START_TARGET_S = 0.5
 RSS_TARGET_MB = 40.0
 
@@ -47,6 +63,19 @@ def status_kb(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
             out[key] = int(value.split()[0])
     return out
+
+
+def import_costs() -> list[str]:
+    """RSS after each of the daemon's imports, in a fresh interpreter (cumulative; each adds what it pulls in)."""
+    done = subprocess.run([sys.executable, "-c", IMPORT_COST, *IMPORTS], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    lines, previous = [], 0
+    for line in done.stdout.splitlines():
+        name, rss, anon = line.split()
+        lines.append(f"{name:22s} RSS {int(rss) / 1024:5.1f} MB (+{(int(rss) - previous) / 1024:4.1f}), "
+                     f"anonymous {int(anon) / 1024:5.1f} MB")
+        previous = int(rss)
+    return lines
 
 
 def main() -> None:
@@ -125,6 +154,8 @@ def main() -> None:
     print("smaps_rollup at the end:\n  " + "\n  ".join(
         line for line in rollup.splitlines()[1:] if line.split(":")[0] in
         ("Rss", "Pss", "Shared_Clean", "Private_Clean", "Private_Dirty", "Anonymous")))
+    print("what the imports hold (a fresh interpreter importing, in order, what the daemon imports):\n  "
+          + "\n  ".join(import_costs()))
     budget.report("start -> first message at the broker, median", statistics.median(first), "s",
                   target=f"<= {START_TARGET_S}", note=f"{len(first)} starts")
     budget.report("start -> first message at the broker, max", max(first), "s",
