@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
 
-from tests.support.agent_proc import agent_config
+from tests.support.agent_proc import AgentProcess, agent_config
 from tests.support.broker import Mosquitto
 from tests.support.mqtt import Collector
 from tests.support.pty_gnss import PtyGnss
@@ -70,3 +71,22 @@ def test_the_running_daemon_imports_none_of_the_technicians_tools(
     found = sorted(m for m in loaded if any(m == bad or m.startswith(bad + ".") for bad in NOT_IN_THE_DAEMON))
     assert found == [], f"patrol-agent run imported what only technicians' commands need: {found}"
     assert child.returncode == 0, err[-3000:]
+
+
+def test_the_daemons_threads_carry_their_names_in_the_kernel(
+        tmp_path: Path, broker: Mosquitto, gnss_pty: PtyGnss) -> None:
+    """``top -H`` and /proc tell the threads apart (the benchmarks read each thread's CPU by name)."""
+    agent = AgentProcess(tmp_path, agent_config(tmp_path, broker.port, gnss_pty.path, log_level="WARNING"))
+    agent.start()
+    wanted = {"gnss-reader", "uplink", "control", "outbox-checkpoi"}
+    try:
+        assert agent.proc is not None
+        deadline = time.monotonic() + 15  # the status answers once "control" runs; the reader starts just after
+        while True:
+            names = {(task / "comm").read_text().strip() for task in Path(f"/proc/{agent.proc.pid}/task").iterdir()}
+            if wanted <= names or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    finally:
+        agent.kill9()
+    assert wanted <= names, names
