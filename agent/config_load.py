@@ -17,7 +17,6 @@ and URL credentials are masked.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import stat
@@ -222,6 +221,8 @@ def _model_of(annotation: Any) -> Any:
 
 
 def _suggest(key: str, choices: Mapping[str, Any]) -> str:
+    import difflib  # only for a config with an unknown key: the running daemon does not hold it
+
     close = difflib.get_close_matches(key.lower(), list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

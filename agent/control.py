@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.threadname import name_os_thread
+
 if TYPE_CHECKING:
     from agent.supervisor import Worker
 
@@ -134,6 +136,7 @@ class ControlServer:
             self._slots.release()
 
     def _handle(self, conn: socket.socket) -> None:
+        name_os_thread("control-conn")
         with conn:
             conn.settimeout(REQUEST_DEADLINE_S)
             try:

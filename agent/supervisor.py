@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.events import Post, ThreadDied
+from agent.threadname import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class Supervisor:
         return worker
 
     def _keep(self, worker: Worker) -> None:
+        name_os_thread(worker.name)
         delay = RESTART_INITIAL_S
         while not self._stop.is_set():
             started = self._clock()  # no beat here: only the target's own progress counts
