@@ -45,3 +45,14 @@ def captures() -> Path:
     if not CAPTURES.is_dir():
         pytest.skip(f"receiver captures not found at {CAPTURES} (they live in ../shared/nmea-captures)")
     return CAPTURES
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The daemons the tests start load compiled bytecode, as an installed unit does: with
+    PYTHONDONTWRITEBYTECODE=1 in the environment each start would compile the agent from source."""
+    import compileall
+
+    root = Path(__file__).resolve().parent.parent
+    for package in ("agent", "drivers", "tests", "tools"):
+        compileall.compile_dir(root / package, quiet=2)
+
