@@ -21,7 +21,7 @@ from typing import Any
 
 from agent import statedir
 from agent.alert_store import AlertStore
-from agent.boot import JUMP, MAX_BOOT, BootRecord, Sequence
+from agent.boot import CEILING, BootRecord, Sequence
 from agent.clock import Clock
 from agent.errors import OutboxError
 from agent.rows import Row, RowCheck
@@ -30,7 +30,8 @@ from agent.window_log import WindowLog
 
 log = logging.getLogger(__name__)
 
-FLOOR_LIMIT = (MAX_BOOT - 4 * JUMP) << 32  # a row beyond cannot be ours: it must not push the boot number up
+FLOOR_LIMIT = CEILING << 32  # a row beyond cannot be ours: it must not push the boot number up
+BOOT_KEY = "boot"  # in the alerts database's state: the last start's number (the boot record's backup)
 
 
 class Opening:
@@ -74,11 +75,18 @@ class Opening:
         problem = statedir.dir_problem(self.path.parent)
         if problem:
             raise OutboxError(problem)
-        for legacy in (".seq", ".seq.tmp"):  # the previous version's sequence blocks: not used any more
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path.with_name(self.path.name + legacy))
+        ours = (self._db.path, self.alerts.db.path, self._log.path, self._boot.path)
+        legacy = [self.path.with_name(self.path.name + end) for end in (".seq", ".seq.tmp")]
+        first = not any(os.path.lexists(p) for p in (*ours, *legacy))  # a new unit, or a wiped/replaced card
+        upgrade = any(os.path.lexists(p) for p in legacy)  # a version before boot records: none to lose
+        for path in legacy:  # the previous version's sequence blocks: not used any more
+            self._remove_legacy(path)
         for name in (self._log.path, self._boot.path):
-            refused = statedir.refuse_foreign(name, clock=self._clock)
+            try:
+                refused = statedir.refuse_foreign(name, clock=self._clock)
+            except OSError as exc:  # cannot be moved aside (read-only card): never opened either (O_NOFOLLOW)
+                self.storage.failed(name.name, exc)
+                continue
             if refused:
                 self._fault("state_file_refused", refused)
         self._started = self._time.monotonic()
@@ -87,7 +95,13 @@ class Opening:
         floor = max((int(r[0]) >> 32 for db in (self._db, self.alerts.db)  # the boot record lost: not below
                      for r in db.read("SELECT coalesce(max(id), 0) FROM outbox WHERE id < ?", (FLOOR_LIMIT,))),
                     default=0)
-        self.seq = Sequence(self._boot.next(floor))
+        noted = self.alerts.get_state(BOOT_KEY) or ""
+        if noted.isdigit() and int(noted) < CEILING:  # every start notes its number: the record's backup
+            floor = max(floor, int(noted))
+        self.seq = Sequence(self._boot.next(floor, first=first or upgrade))
+        self.alerts.put_state(BOOT_KEY, str(self.seq.boot))
+        if self._boot.lost is not None:
+            self._fault("boot_record_lost", self._boot.lost)
         if self._boot.error is not None:
             self.storage.failed(self._boot.path.name, self._boot.error)
         self.evictions, self.dropped = self._meta("evictions"), self._meta("dropped")
@@ -99,6 +113,18 @@ class Opening:
             self._offer(row)
         log.info("outbox open: boot %d, %d messages on disk, %d alerts", self.seq.boot, self.disk_rows,
                  len(self.alerts.rows))
+
+    def _remove_legacy(self, path: Path) -> None:
+        """An earlier version's file, removed if it is there; a card that refuses is no reason not to start."""
+        if not os.path.lexists(path):
+            return
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove %s, left by an earlier version (%s): removed at a later start", path.name,
+                        statedir.describe(exc))
 
     def _replay_log(self) -> None:
         try:

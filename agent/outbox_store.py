@@ -95,14 +95,14 @@ class OutboxStore(Opening, Bounds):
         self._on_clear = on_clear
         self._check = check
         self.faults: set[str] = set()
-        self.storage = statedir.StorageState(self._fault, self._cleared)
+        self.storage = statedir.StorageState(self._fault, self._cleared, directory=path.parent)
         self.alerts_path = path.with_name(f"{path.stem}-alerts{path.suffix}")
         self._db = Db(path, schema=SCHEMA, page_size=PAGE_SIZE, storage=self.storage, on_fault=self._fault,
                       clock=self._clock, wal=TELEMETRY_WAL, added=ADDED)
         self.alerts = AlertStore(Db(self.alerts_path, schema=ALERT_SCHEMA, page_size=4096, storage=self.storage,
                                     on_fault=self._fault, clock=self._clock, added=ALERT_ADDED))
         self._log = WindowLog(path.with_name(path.name + ".log"))
-        self._boot = BootRecord(path.with_name(path.name + ".boot"))
+        self._boot = BootRecord(path.with_name(path.name + ".boot"), wall=self._clock)
         self.seq = Sequence()
         self._ram: dict[int, Row] = {}  # telemetry on no disk yet (its window, or the card refused it)
         self._ram_since: float | None = None  # when (monotonic) the oldest RAM row not yet tried was accepted
@@ -303,15 +303,20 @@ class OutboxStore(Opening, Bounds):
         """The card refused something: try everything pending again; each success clears its part.
 
         A card that failed (read-only, I/O errors) is let go of entirely (no file of ours open on it, so
-        that it can be unmounted and checked) until an in-place rewrite of the boot record succeeds."""
-        if statedir.STORAGE_FAILED in self.storage.codes:
+        that it can be unmounted and checked) until an in-place rewrite of the boot record succeeds. A boot
+        number not on disk yet (the card was full or failing at start) is written as soon as it takes it."""
+        failed = statedir.STORAGE_FAILED in self.storage.codes
+        if failed:
             self._release()
+        if failed or not self._boot.durable:
             try:
-                self._boot.probe()
+                self._boot.probe() if failed else self._boot.persist()
             except OSError as exc:
                 self.storage.failed(self._boot.path.name, exc)
-                return
-            self.storage.ok(self._boot.path.name)
+                if failed:
+                    return
+            else:
+                self.storage.ok(self._boot.path.name)
         was_open = self._db.is_open
         if self._db.open() and not was_open:
             self._forget_read_ahead()  # the database was closed: read it again from the start
@@ -324,7 +329,7 @@ class OutboxStore(Opening, Bounds):
         pending = {self._log.path.name: bool(self._ram), self._db.name: bool(self._logged or self._deletes),
                    self.alerts.db.name: self.alerts.pending}
         for name in list(self.storage.failing):  # nothing left to write there: usable again if there is room
-            if not pending.get(name, True) and (statedir.free_bytes(self.path.parent) or 0) > 256 * 1024:
+            if not pending.get(name, True) and (statedir.free_bytes(self.path.parent) or 0) > statedir.FULL_BELOW:
                 self.storage.ok(name)
 
     def _release(self) -> None:
