@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,8 @@ class Opening:
             return
         if self._log.torn:
             log.warning("window log: a torn record at its end was dropped (power cut while writing)")
+        if self._log.damaged is not None:
+            self._log_damaged(self._log.damaged)
         checked = [r for r in rows if self._check is None or self._check.problem(r) is None]
         if len(checked) < len(rows):
             self.rejected += len(rows) - len(checked)
@@ -149,6 +152,16 @@ class Opening:
             self._logged_since = self._time.monotonic()
             for row in rows:
                 self._offer(row)
+
+    def _log_damaged(self, what: str) -> None:
+        """Records in the middle of the window log unreadable: reported, the file kept for a technician."""
+        name = self._log.path.name
+        try:
+            aside = f"moved aside to {self._log.move_aside(time.strftime('%Y%m%dT%H%M%S', time.gmtime(self._clock())))}"
+        except OSError as exc:
+            aside = f"could not be moved aside ({statedir.describe(exc)}): left in place"
+        self._fault("outbox_corrupt", f"{name} is damaged ({what}); the records read are kept; telemetry of the "
+                                      f"unreadable part is lost; {aside}")
 
     def _meta(self, key: str) -> int:
         found = self._db.read("SELECT value FROM meta WHERE key = ?", (key,))

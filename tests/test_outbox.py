@@ -149,8 +149,46 @@ def test_a_torn_record_at_the_end_of_the_window_log_loses_only_itself(tmp_path: 
     box.tick()
     log = tmp_path / "outbox.sqlite.log"
     log.write_bytes(log.read_bytes()[:-7])  # a power cut in the middle of the last append
-    again = make(tmp_path, clock)
+    faults: list[tuple[str, str]] = []
+    again = make(tmp_path, clock, faults)
     assert disk_ids(again.path) == first
+    assert not faults  # a power cut's tail is no fault
+
+
+def _logged_windows(tmp_path: Path, clock: FakeTime, windows: int) -> list[list[int]]:
+    box = make(tmp_path, clock)
+    out = []
+    for _ in range(windows):
+        out.append(put(box, Priority.POSITION, 3))
+        clock.now += 1.5
+        box.tick()  # each window appended to the log
+    return out
+
+
+@pytest.mark.parametrize("damage", ["flip", "zeros", "garbage"])
+def test_damage_in_the_middle_of_the_window_log_is_reported_and_the_rest_recovered(
+        tmp_path: Path, damage: str) -> None:
+    clock = FakeTime()
+    windows = _logged_windows(tmp_path, clock, 3)
+    log = tmp_path / "outbox.sqlite.log"
+    data = bytearray(log.read_bytes())
+    third = len(data) // 3
+    if damage == "flip":
+        data[third + 5] ^= 0xFF
+    elif damage == "zeros":
+        data[third:third + 40] = bytes(40)
+    else:
+        data[:third] = bytes(range(7, 7 + third))  # the first third garbage
+    log.write_bytes(bytes(data))
+    damaged = bytes(data)
+    faults: list[tuple[str, str]] = []
+    again = make(tmp_path, clock, faults)
+    corrupt = [detail for code, detail in faults if code == "outbox_corrupt"]
+    assert len(corrupt) == 1 and "outbox.sqlite.log" in corrupt[0], faults
+    aside = list(tmp_path.glob("outbox.sqlite.log.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged and aside[0].name in corrupt[0]  # kept as found
+    assert set(windows[2]) <= set(disk_ids(again.path))  # what follows the damage is read
+    assert set(disk_ids(again.path)) < {i for w in windows for i in w}
 
 
 def test_full_outbox_evicts_oldest_telemetry_never_alerts(tmp_path: Path) -> None:
