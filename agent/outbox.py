@@ -287,6 +287,8 @@ class Outbox(OutboxStore):
     def oldest_age_s(self) -> float | None:
         """How old the oldest waiting message is known to be at least (see :mod:`agent.outbox_store`, Time);
         in constant time: the first of RAM, of the window log and of the database are kept, alerts are few."""
+        if self.depth == 0:  # the database's first row may be acknowledged, its delete not yet committed
+            return None
         heads: list[tuple[int, float, bool]] = []
         for rows in (self._ram, self._logged):  # both in id order: accepted (or logged) oldest first
             if rows:

@@ -8,22 +8,10 @@ opening (boot number, the window log read back, alerts restored and
 checked), the write path (window log, batches into the database, deletes),
 retrying what the card refused, bounds and evictions, checkpoints.
 
-Time. Every timer (the commit and sync windows, batches, retries, expiry
-rounds) runs on the monotonic clock: a step of the wall clock (NTP after a
-cold start, a receiver setting it, a Pi without RTC booting in 1970) moves
-none of them. A row's ``accepted_at`` is the unit's UTC as
-:meth:`agent.clock.Clock.stamp` gives it, stored with ``time_trusted`` (1
-when the clock was trusted then; 0 otherwise, and for rows of earlier
-versions). ``max_age_h`` removes only rows whose age is known to be over:
-
-- rows of this boot by the monotonic clock (``_marks``: every ``MARK_S`` a
-  (seq, monotonic) pair, so a row is known to be at least as old as the
-  first mark at or after it);
-- rows of earlier boots with a trusted ``accepted_at`` against a trusted
-  now; any row of an earlier boot once this boot's uptime alone exceeds
-  ``max_age_h``.
-
-A clock that jumps forward therefore never expires anything.
+Time: every timer runs on the monotonic clock; what a row's age is known
+to be, and the bounds, are :mod:`agent.outbox_bounds`'s. Opening (the boot
+number, the window log read back, alerts restored) is
+:mod:`agent.outbox_open`'s.
 
 Counters (``disk_rows``, ``disk_bytes``, the oldest row, what RAM holds)
 are kept as rows come and go, counted once at start: nothing a health
@@ -32,11 +20,8 @@ message, a ``status`` poll or an eviction runs reads the whole table.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
-import math
-import os
 import queue
 import sqlite3
 from array import array
@@ -48,10 +33,11 @@ from agent import statedir
 from agent.alert_store import ADDED as ALERT_ADDED
 from agent.alert_store import SCHEMA as ALERT_SCHEMA
 from agent.alert_store import AlertStore
-from agent.boot import JUMP, MAX_BOOT, BootRecord, Sequence, split
+from agent.boot import BootRecord, Sequence
 from agent.clock import Clock
 from agent.config import OutboxConfig
-from agent.errors import OutboxError
+from agent.outbox_bounds import Bounds, apply_deletes
+from agent.outbox_open import Opening
 from agent.rows import Row, RowCheck, pack
 from agent.store import Db, checkpoint
 from agent.window_log import WindowLog
@@ -69,10 +55,7 @@ BATCH_ROWS = 1000  # ... or at this many rows
 LOG_MAX_ROWS = 5000  # the log (and its rows in RAM) never grows beyond, even while the database refuses them
 RETRY_S = 2.0  # a card that refused a write is tried again this often
 CHECKPOINT_EVERY = 8  # commits of one database between checkpoints (and after each batch)
-MARK_S = 5.0  # a (seq, monotonic) mark per this long: the age of this boot's rows, known to within this
-EXPIRE_PAGE = 500  # rows of one kind looked at per expiry query
 _STOP = object()
-FLOOR_LIMIT = (MAX_BOOT - 4 * JUMP) << 32  # a row beyond cannot be ours: it must not push the boot number up
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY,          -- boot << 32 | seq
@@ -98,7 +81,7 @@ def as_clock(clock: Clock | Callable[[], float] | None) -> Clock:
     return Clock(wall=clock, monotonic=clock, synced=lambda: True)
 
 
-class OutboxStore:
+class OutboxStore(Opening, Bounds):
     """The outbox's storage (see the module docstring)."""
 
     def __init__(self, path: Path, cfg: OutboxConfig, *, clock: Clock | Callable[[], float] | None = None,
@@ -112,14 +95,14 @@ class OutboxStore:
         self._on_clear = on_clear
         self._check = check
         self.faults: set[str] = set()
-        self.storage = statedir.StorageState(self._fault, self._cleared)
+        self.storage = statedir.StorageState(self._fault, self._cleared, directory=path.parent)
         self.alerts_path = path.with_name(f"{path.stem}-alerts{path.suffix}")
         self._db = Db(path, schema=SCHEMA, page_size=PAGE_SIZE, storage=self.storage, on_fault=self._fault,
                       clock=self._clock, wal=TELEMETRY_WAL, added=ADDED)
         self.alerts = AlertStore(Db(self.alerts_path, schema=ALERT_SCHEMA, page_size=4096, storage=self.storage,
                                     on_fault=self._fault, clock=self._clock, added=ALERT_ADDED))
         self._log = WindowLog(path.with_name(path.name + ".log"))
-        self._boot = BootRecord(path.with_name(path.name + ".boot"))
+        self._boot = BootRecord(path.with_name(path.name + ".boot"), wall=self._clock)
         self.seq = Sequence()
         self._ram: dict[int, Row] = {}  # telemetry on no disk yet (its window, or the card refused it)
         self._ram_since: float | None = None  # when (monotonic) the oldest RAM row not yet tried was accepted
@@ -156,101 +139,6 @@ class OutboxStore:
 
     def _from_disk(self, found: Iterable[tuple[Any, ...]], *, alerts: bool = False) -> list[Row]:
         raise NotImplementedError
-
-    def open(self) -> None:
-        problem = statedir.dir_problem(self.path.parent)
-        if problem:
-            raise OutboxError(problem)
-        for legacy in (".seq", ".seq.tmp"):  # the previous version's sequence blocks: not used any more
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path.with_name(self.path.name + legacy))
-        for name in (self._log.path, self._boot.path):
-            refused = statedir.refuse_foreign(name, clock=self._clock)
-            if refused:
-                self._fault("state_file_refused", refused)
-        self._started = self._time.monotonic()
-        self._db.open()
-        self.alerts.db.open()
-        floor = max((int(r[0]) >> 32 for db in (self._db, self.alerts.db)  # the boot record lost: not below
-                     for r in db.read("SELECT coalesce(max(id), 0) FROM outbox WHERE id < ?", (FLOOR_LIMIT,))),
-                    default=0)
-        self.seq = Sequence(self._boot.next(floor))
-        if self._boot.error is not None:
-            self.storage.failed(self._boot.path.name, self._boot.error)
-        self.evictions, self.dropped = self._meta("evictions"), self._meta("dropped")
-        self._counted = (self.evictions, self.dropped)
-        self._count_disk()
-        self._replay_log()
-        for row in self._from_disk(self.alerts.stored(), alerts=True):
-            self.alerts.rows[row.id] = row
-            self._offer(row)
-        log.info("outbox open: boot %d, %d messages on disk, %d alerts", self.seq.boot, self.disk_rows,
-                 len(self.alerts.rows))
-
-    def _replay_log(self) -> None:
-        try:
-            rows = self._log.read()
-        except OSError as exc:
-            self.storage.failed(self._log.path.name, exc)
-            return
-        if self._log.torn:
-            log.warning("window log: a torn record at its end was dropped (power cut while writing)")
-        checked = [r for r in rows if self._check is None or self._check.problem(r) is None]
-        if len(checked) < len(rows):
-            self.rejected += len(rows) - len(checked)
-            self._fault("outbox_rejected", f"{len(rows) - len(checked)} messages of the window log dropped, not "
-                                           "published: not this vehicle's")
-        rows = checked
-        self._replayed = bool(rows)
-        if rows and self._insert(rows):
-            with contextlib.suppress(OSError):
-                self._log.clear()
-        elif rows:
-            self._logged = {r.id: r for r in rows}
-            self._logged_since = self._time.monotonic()
-            for row in rows:
-                self._offer(row)
-
-    def _meta(self, key: str) -> int:
-        found = self._db.read("SELECT value FROM meta WHERE key = ?", (key,))
-        return int(found[0][0]) if found else 0
-
-    def _count_disk(self) -> None:
-        """At open (a scan, once): the counters every later change keeps."""
-        found = self._db.read("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox")
-        if found:
-            self.disk_rows, self.disk_bytes = int(found[0][0]), int(found[0][1])
-        self._read_head()
-
-    def _read_head(self) -> None:
-        """The database's first row, after a change that may have removed it (by the key: no scan)."""
-        found = self._db.read("SELECT id, accepted_at, time_trusted FROM outbox ORDER BY id LIMIT 1")
-        self._head = (int(found[0][0]), float(found[0][1]), bool(found[0][2])) if found else None
-
-    def _mark(self, seq: int, mono: float) -> None:
-        """Message ``seq`` of this boot accepted at monotonic ``mono``: one mark per MARK_S, the last
-        message accepted in it (so that every row has a mark at most MARK_S younger than itself)."""
-        if not self._marks_mono or mono - self._mark_from >= MARK_S:
-            self._marks_seq.append(seq)
-            self._marks_mono.append(mono)
-            self._mark_from = mono
-        else:
-            self._marks_seq[-1], self._marks_mono[-1] = seq, mono
-
-    def _age_of(self, row_id: int, accepted_at: float, trusted: bool) -> float:
-        """How old row ``row_id`` is known to be at least: by the monotonic clock for this boot's rows;
-        by trusted times for an earlier boot's, and at least this boot's uptime."""
-        mono = self._time.monotonic()
-        boot, seq = split(row_id)
-        if boot == self.seq.boot:
-            at = bisect.bisect_left(self._marks_seq, seq)
-            return 0.0 if at == len(self._marks_seq) else max(0.0, mono - self._marks_mono[at])
-        uptime = max(0.0, mono - self._started)
-        if trusted:
-            now, now_trusted = self._time.stamp()
-            if now_trusted:
-                return max(uptime, now - accepted_at)
-        return uptime
 
     def _fault(self, code: str, detail: str) -> None:
         log.error("fault %s: %s", code, detail)
@@ -360,7 +248,7 @@ class OutboxStore:
             db.executemany("INSERT OR IGNORE INTO outbox (priority, id, topic, payload, accepted_at, time_trusted) "
                            "VALUES (?,?,?,?,?,?)", new)
             change[0], change[1] = len(new), sum(len(p[3]) for p in new)
-            change[2], change[3] = self._apply_deletes(db, deletes)
+            change[2], change[3] = apply_deletes(db, deletes)
             if cutoff is not None:
                 gone = db.execute("DELETE FROM outbox WHERE priority > 0 AND id <= ? RETURNING id, length(payload)",
                                   (cutoff,)).fetchall()
@@ -383,38 +271,6 @@ class OutboxStore:
             self._read_head()
         return True
 
-    def _cutoff(self, rows: int, size: int) -> int | None:
-        """The id up to which the oldest telemetry must go for ``rows`` more rows of ``size`` stored bytes to
-        fit the bounds: exactly the excess (never a share of the table), found by the key."""
-        over = self._over(rows, size)
-        if over <= 0:
-            return None
-        # by the key alone (a filter on priority here makes SQLite sort the whole table); acknowledged rows
-        # go in the same transaction; a row of an earlier version's alert in the range stays (priority 0)
-        found = self._db.read("SELECT id FROM outbox ORDER BY id LIMIT 1 OFFSET ?", (over + len(self._deletes) - 1,))
-        if found:
-            return int(found[0][0])
-        last = self._db.read("SELECT max(id) FROM outbox")
-        return None if not last or last[0][0] is None else int(last[0][0])
-
-    def _over(self, rows: int, size: int) -> int:
-        """How many of the oldest rows must go for ``rows`` more of ``size`` stored bytes to fit the bounds."""
-        over = self.disk_rows - len(self._deletes) + rows - self._cfg.max_messages
-        over_bytes = self.disk_bytes + size - self._cfg.max_bytes
-        if over_bytes > 0:
-            average = self.disk_bytes / self.disk_rows if self.disk_rows else 1.0
-            over = max(over, math.ceil(over_bytes / max(average, 1.0)))
-        return over
-
-    def _victims(self, rows: int, size: int) -> list[int]:
-        """The ids :meth:`_cutoff` would evict (a bound lowered, no batch to evict with)."""
-        over = self._over(rows, size)
-        if over <= 0:
-            return []
-        found = self._db.read("SELECT id FROM outbox WHERE priority > 0 ORDER BY id LIMIT ?",
-                              (over + len(self._deletes),))
-        return [i for i in (int(r[0]) for r in found) if i not in self._deletes][:over]
-
     @staticmethod
     def _present(db: sqlite3.Connection, ids: list[int]) -> list[int]:
         found = []
@@ -429,23 +285,10 @@ class OutboxStore:
         change = [0, 0]
 
         def apply(db: sqlite3.Connection) -> None:
-            change[0], change[1] = self._apply_deletes(db, deletes)
+            change[0], change[1] = apply_deletes(db, deletes)
 
         if self._db.write(apply, durable=False):
             self._committed(deletes, change[0], change[1])
-
-    @staticmethod
-    def _apply_deletes(db: sqlite3.Connection, deletes: list[int]) -> tuple[int, int]:
-        """Delete ``deletes``; returns the rows and the stored bytes that went (exact, not estimated)."""
-        rows = size = 0
-        for start in range(0, len(deletes), 500):  # one statement per 500: one GIL hand-over, not 500
-            chunk = deletes[start:start + 500]
-            marks = ",".join("?" * len(chunk))  # placeholders only: the ids are bound parameters
-            gone = db.execute(f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING length(payload)",  # noqa: S608
-                              chunk).fetchall()
-            rows += len(gone)
-            size += sum(int(r[0]) for r in gone)
-        return rows, size
 
     def _committed(self, deletes: list[int], rows: int, size: int) -> None:
         self._last_commit = self._time.monotonic()
@@ -460,15 +303,20 @@ class OutboxStore:
         """The card refused something: try everything pending again; each success clears its part.
 
         A card that failed (read-only, I/O errors) is let go of entirely (no file of ours open on it, so
-        that it can be unmounted and checked) until an in-place rewrite of the boot record succeeds."""
-        if statedir.STORAGE_FAILED in self.storage.codes:
+        that it can be unmounted and checked) until an in-place rewrite of the boot record succeeds. A boot
+        number not on disk yet (the card was full or failing at start) is written as soon as it takes it."""
+        failed = statedir.STORAGE_FAILED in self.storage.codes
+        if failed:
             self._release()
+        if failed or not self._boot.durable:
             try:
-                self._boot.probe()
+                self._boot.probe() if failed else self._boot.persist()
             except OSError as exc:
                 self.storage.failed(self._boot.path.name, exc)
-                return
-            self.storage.ok(self._boot.path.name)
+                if failed:
+                    return
+            else:
+                self.storage.ok(self._boot.path.name)
         was_open = self._db.is_open
         if self._db.open() and not was_open:
             self._forget_read_ahead()  # the database was closed: read it again from the start
@@ -481,7 +329,7 @@ class OutboxStore:
         pending = {self._log.path.name: bool(self._ram), self._db.name: bool(self._logged or self._deletes),
                    self.alerts.db.name: self.alerts.pending}
         for name in list(self.storage.failing):  # nothing left to write there: usable again if there is room
-            if not pending.get(name, True) and (statedir.free_bytes(self.path.parent) or 0) > 256 * 1024:
+            if not pending.get(name, True) and (statedir.free_bytes(self.path.parent) or 0) > statedir.FULL_BELOW:
                 self.storage.ok(name)
 
     def _release(self) -> None:
@@ -504,73 +352,6 @@ class OutboxStore:
             self._to_log()
         self._enforce_bounds()
         self.alerts.save()
-
-    def _enforce_bounds(self) -> None:
-        """Over the bounds with nothing to insert (a bound lowered, a flush that could not insert): evict."""
-        victims = self._victims(0, 0)
-        if victims:
-            self._evict_ids(victims)
-
-    def expire(self) -> None:
-        """Evict telemetry known to be older than ``max_age_h`` (every ``BATCH_S``; see the module docstring):
-        the oldest rows of each kind, in id order, as far as they are known to be too old (a page of them at
-        a time: never a scan of the table)."""
-        max_age = self._cfg.max_age_h * 3600
-        mono = self._time.monotonic()
-        this_boot = self.seq.row_id(0)
-        if mono - self._started > max_age:  # every row of an earlier boot is older than this boot
-            self._expire_page("id < ?", (this_boot,))
-        else:
-            now, trusted = self._time.stamp()
-            if trusted:
-                self._expire_page("id < ? AND time_trusted = 1 AND accepted_at < ?", (this_boot, now - max_age))
-        known = bisect.bisect_right(self._marks_mono, mono - max_age)  # marks at least max_age old
-        if known:
-            self._expire_page("id BETWEEN ? AND ?", (this_boot, self.seq.row_id(self._marks_seq[known - 1])))
-            del self._marks_seq[:known - 1], self._marks_mono[:known - 1]  # the rows before are gone
-
-    def _expire_page(self, where: str, args: tuple[object, ...]) -> None:
-        for priority in (1, 2, 3, 4):
-            for _ in range(20):  # a few pages each round; the rest at the next
-                select = ("SELECT id, length(payload) FROM (SELECT id, payload, accepted_at, time_trusted "  # noqa: S608
-                          f"FROM outbox WHERE priority = ? ORDER BY id LIMIT ?) WHERE {where}")  # ``where``: ours
-                evicted = self._evict(select, (priority, EXPIRE_PAGE, *args))
-                if evicted < EXPIRE_PAGE:
-                    break
-
-    def _evict(self, select: str, args: tuple[object, ...]) -> int:
-        """Evict the rows ``select`` finds (ids first); returns how many it found."""
-        ids = [int(r[0]) for r in self._db.read(select, args)]  # the oldest telemetry, as far as it must go
-        if ids:
-            self._evict_ids([i for i in ids if i not in self._deletes])  # acknowledged already: not evictions
-        return len(ids)
-
-    def _evict_ids(self, ids: list[int]) -> None:
-        if not ids:
-            return
-        change = [0, 0]
-
-        def apply(db: sqlite3.Connection) -> None:
-            change[0], change[1] = self._apply_deletes(db, ids)
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('evictions', ?)",
-                       (self.evictions + change[0],))
-
-        if self._db.write(apply, durable=False):
-            self._counted = (self.evictions + change[0], self._counted[1])
-            self._last_commit = self._time.monotonic()
-            self._evicted(ids, change[0], change[1])
-
-    def _evicted(self, ids: list[int], rows: int, size: int) -> None:
-        """``ids`` evicted (committed): ``rows`` rows of ``size`` stored bytes went."""
-        self.evictions += rows
-        log.warning("outbox full: evicted the %d oldest telemetry messages", rows)
-        for row_id in ids:
-            if self._leased.pop(row_id, None) is not None:
-                self._evicted_in_flight.add(row_id)
-        self.disk_rows = max(0, self.disk_rows - rows)
-        self.disk_bytes = max(0, self.disk_bytes - size)
-        self._read_head()
-        self._forget_read_ahead()
 
     def run_checkpoints(self, worker: Worker) -> None:
         """The "outbox-checkpoint" thread (supervised): WAL checkpoints (an fsync of the database file,

@@ -14,7 +14,9 @@ thread), the outbox opens its files through here (core thread).
   moved aside (renamed ``<name>.refused-<time>``) and reported.
 - A storage error is one of two faults: ``disk_full`` (ENOSPC, EDQUOT,
   SQLITE_FULL) or ``storage_failed`` (EROFS, EIO, SQLITE_IOERR,
-  SQLITE_READONLY...). :class:`StorageState` keeps which files fail and
+  SQLITE_READONLY...). SQLite reports some writes refused for want of space
+  as SQLITE_IOERR: an SQLite error on a writable file system with less than
+  ``FULL_BELOW`` bytes free is ``disk_full``. :class:`StorageState` keeps which files fail and
   reports each fault once, and its clearing once no file fails any more.
 """
 
@@ -36,6 +38,7 @@ STORAGE_FAILED = "storage_failed"
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _SQLITE_FULL = 13
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+FULL_BELOW = 256 * 1024  # free bytes under which an SQLite I/O error is the card being full
 
 
 def dir_problem(path: Path) -> str | None:
@@ -135,9 +138,11 @@ def free_bytes(path: Path) -> int | None:
 class StorageState:
     """Which state files fail and why; reports ``disk_full`` / ``storage_failed`` and their clearing."""
 
-    def __init__(self, on_fault: Callable[[str, str], None], on_clear: Callable[[str], None]) -> None:
+    def __init__(self, on_fault: Callable[[str, str], None], on_clear: Callable[[str], None], *,
+                 directory: Path | None = None) -> None:
         self._on_fault = on_fault
         self._on_clear = on_clear
+        self._directory = directory  # where the files are: an SQLite I/O error there may be a full card
         self.failing: dict[str, tuple[str, str]] = {}  # file name -> (fault code, reason)
         self._reported: dict[str, str] = {}  # fault code -> detail last reported
 
@@ -147,6 +152,10 @@ class StorageState:
 
     def failed(self, name: str, exc: BaseException) -> str | None:
         code = classify(exc)
+        if code == STORAGE_FAILED and isinstance(exc, sqlite3.Error) and self._directory is not None:
+            free = free_bytes(self._directory)  # None: read-only or unreadable, a failure indeed
+            if free is not None and free < FULL_BELOW:
+                code = DISK_FULL
         if code is not None:
             if self.failing.get(name, ("", ""))[0] != code:
                 log.error("%s on %s: %s", code, name, describe(exc))

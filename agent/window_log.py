@@ -14,7 +14,10 @@ database (rows already there are ignored: their ids are unique).
 Record: ``<length u32><crc32 u32>`` then ``<id i64><priority u8><accepted_at f64><topic length u16>``,
 the topic, and the packed payload. The priority byte's high bit (``TRUSTED``) says that ``accepted_at``
 is true UTC; a record without it (or written by a version before the bit) is read as untrusted.
-Reading stops at the first record that is short or fails its CRC: the tail a power cut tore.
+A record that is short or fails its CRC at the end of the file (zeros, or a record cut short) is
+the tail a power cut tore: dropped, normal. Anywhere else it is damage: reading goes on at the next
+record that reads whole, and :attr:`WindowLog.damaged` says what was skipped (the outbox moves the
+file aside and reports it).
 """
 
 from __future__ import annotations
@@ -42,13 +45,42 @@ def encode(row: Row) -> bytes:
     return HEAD.pack(len(body), zlib.crc32(body)) + body
 
 
+def _record(data: bytes, offset: int) -> tuple[Row, int] | None:
+    """The record at ``offset`` and where the next one begins; None if it does not read whole."""
+    if offset + HEAD.size > len(data):
+        return None
+    length, crc = HEAD.unpack_from(data, offset)
+    body = data[offset + HEAD.size:offset + HEAD.size + length]
+    if length > MAX_RECORD or len(body) < length or length < BODY.size or zlib.crc32(body) != crc:
+        return None
+    row_id, flags, accepted_at, topic_len = BODY.unpack_from(body)
+    topic = body[BODY.size:BODY.size + topic_len]
+    try:
+        row = Row(flags & ~TRUSTED, row_id, topic.decode(), unpack(body[BODY.size + topic_len:]), accepted_at,
+                  bool(flags & TRUSTED))
+    except ValueError:
+        return None
+    return row, offset + HEAD.size + length
+
+
+def _torn_tail(data: bytes, offset: int) -> bool:
+    """What a power cut leaves at the end: zeros (the size written, not the blocks), or one last record
+    cut short or not all written (nothing but zeros after where it would end)."""
+    rest = data[offset:]
+    if not rest.strip(b"\0") or len(rest) < HEAD.size:
+        return True
+    length = HEAD.unpack_from(rest)[0]
+    return BODY.size <= length <= MAX_RECORD and not rest[HEAD.size + length:].strip(b"\0")
+
+
 class WindowLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
         self.size = 0
         self.unsynced = False
-        self.torn = 0  # records dropped at start: a tail torn by a power cut, or damage
+        self.torn = 0  # 1: a record at the end was torn by a power cut (dropped; normal)
+        self.damaged: str | None = None  # where records in the middle could not be read (damage, not a power cut)
 
     def read(self) -> list[Row]:
         """The rows the file holds (at start, before anything is appended)."""
@@ -62,21 +94,24 @@ class WindowLog:
                 data += chunk
         finally:
             os.close(fd)
-        rows, offset = [], 0
-        while offset + HEAD.size <= len(data):
-            length, crc = HEAD.unpack_from(data, offset)
-            body = data[offset + HEAD.size:offset + HEAD.size + length]
-            if length > MAX_RECORD or len(body) < length or zlib.crc32(body) != crc or length < BODY.size:
+        rows, offset, skipped = [], 0, 0
+        while offset < len(data):
+            record = _record(data, offset)
+            if record is not None:
+                rows.append(record[0])
+                offset = record[1]
+                continue
+            if _torn_tail(data, offset):
+                self.torn = 1
                 break
-            row_id, flags, accepted_at, topic_len = BODY.unpack_from(body)
-            topic = body[BODY.size:BODY.size + topic_len]
-            try:
-                rows.append(Row(flags & ~TRUSTED, row_id, topic.decode(), unpack(body[BODY.size + topic_len:]),
-                                accepted_at, bool(flags & TRUSTED)))
-            except ValueError:
-                break
-            offset += HEAD.size + length
-        self.torn = 1 if offset < len(data) else 0
+            found = next((at for at in range(offset + 1, len(data) - HEAD.size + 1)
+                          if _record(data, at) is not None), len(data))  # the next record that reads whole
+            skipped += found - offset
+            if self.damaged is None:
+                self.damaged = f"unreadable from byte {offset} of {len(data)}"
+            offset = found
+        if self.damaged is not None:
+            self.damaged += f": {skipped} bytes skipped, {len(rows)} records read"
         return rows
 
     def append(self, rows: list[Row]) -> None:
@@ -113,6 +148,14 @@ class WindowLog:
             self._fd = statedir.open_file(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             self.size = os.fstat(self._fd).st_size
         return self._fd
+
+    def move_aside(self, stamp: str) -> str:
+        """Keep the file as it is for a technician (``<name>.corrupt-<stamp>``); returns the new name."""
+        self.close()
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        os.replace(self.path, aside)
+        self.size = 0
+        return aside.name
 
     def close(self) -> None:
         if self._fd is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sqlite3
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import outbox as outbox_module
-from agent.boot import split
+from agent.boot import FLOOR_S, split
 from agent.clock import Clock
 from agent.config import OutboxConfig
 from agent.messages import Priority
@@ -148,8 +149,46 @@ def test_a_torn_record_at_the_end_of_the_window_log_loses_only_itself(tmp_path: 
     box.tick()
     log = tmp_path / "outbox.sqlite.log"
     log.write_bytes(log.read_bytes()[:-7])  # a power cut in the middle of the last append
-    again = make(tmp_path, clock)
+    faults: list[tuple[str, str]] = []
+    again = make(tmp_path, clock, faults)
     assert disk_ids(again.path) == first
+    assert not faults  # a power cut's tail is no fault
+
+
+def _logged_windows(tmp_path: Path, clock: FakeTime, windows: int) -> list[list[int]]:
+    box = make(tmp_path, clock)
+    out = []
+    for _ in range(windows):
+        out.append(put(box, Priority.POSITION, 3))
+        clock.now += 1.5
+        box.tick()  # each window appended to the log
+    return out
+
+
+@pytest.mark.parametrize("damage", ["flip", "zeros", "garbage"])
+def test_damage_in_the_middle_of_the_window_log_is_reported_and_the_rest_recovered(
+        tmp_path: Path, damage: str) -> None:
+    clock = FakeTime()
+    windows = _logged_windows(tmp_path, clock, 3)
+    log = tmp_path / "outbox.sqlite.log"
+    data = bytearray(log.read_bytes())
+    third = len(data) // 3
+    if damage == "flip":
+        data[third + 5] ^= 0xFF
+    elif damage == "zeros":
+        data[third:third + 40] = bytes(40)
+    else:
+        data[:third] = bytes(range(7, 7 + third))  # the first third garbage
+    log.write_bytes(bytes(data))
+    damaged = bytes(data)
+    faults: list[tuple[str, str]] = []
+    again = make(tmp_path, clock, faults)
+    corrupt = [detail for code, detail in faults if code == "outbox_corrupt"]
+    assert len(corrupt) == 1 and "outbox.sqlite.log" in corrupt[0], faults
+    aside = list(tmp_path.glob("outbox.sqlite.log.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged and aside[0].name in corrupt[0]  # kept as found
+    assert set(windows[2]) <= set(disk_ids(again.path))  # what follows the damage is read
+    assert set(disk_ids(again.path)) < {i for w in windows for i in w}
 
 
 def test_full_outbox_evicts_oldest_telemetry_never_alerts(tmp_path: Path) -> None:
@@ -197,22 +236,116 @@ def test_corrupt_database_is_moved_aside_and_reported(tmp_path: Path) -> None:
 
 
 def test_every_start_is_a_new_boot_and_seq_counts_from_1_without_gaps(tmp_path: Path) -> None:
-    box = make(tmp_path)
+    clock = FakeTime()
+    box = make(tmp_path, clock)
+    boot = box.seq.boot  # a new state dir: the seconds since the build floor (a replaced card cannot go back)
+    assert boot == int(clock.now) - FLOOR_S
     first = [split(i) for i in put(box, Priority.POSITION, 5)]  # never committed: a kill -9 loses them
-    assert first == [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5)]
-    again = make(tmp_path)  # no close(): as after kill -9
-    assert [split(i) for i in put(again, Priority.EVENT, 2)] == [(2, 1), (2, 2)]
-    again.flush()
-    (tmp_path / "outbox.sqlite.boot").unlink()  # the boot record lost: the database still knows boot 2
-    third = make(tmp_path)
-    assert third.seq.boot == 3
+    assert first == [(boot, 1), (boot, 2), (boot, 3), (boot, 4), (boot, 5)]
+    again = make(tmp_path, clock)  # no close(): as after kill -9
+    assert [split(i) for i in put(again, Priority.EVENT, 2)] == [(boot + 1, 1), (boot + 1, 2)]
     boot_file = tmp_path / "outbox.sqlite.boot"
     assert boot_file.stat().st_size == 64  # two slots, rewritten in place
     data = bytearray(boot_file.read_bytes())
     newest = max((0, 32), key=lambda at: int.from_bytes(data[at + 8:at + 16], "little"))
-    data[newest + 10] ^= 0xFF  # the newest slot torn: the other one still counts
+    data[newest + 10] ^= 0xFF  # the newest slot torn (or damaged): the other one + 2 covers both
     boot_file.write_bytes(bytes(data))
-    assert make(tmp_path).seq.boot >= 3
+    assert make(tmp_path, clock).seq.boot == boot + 2
+
+
+BOOT_DAMAGE = {
+    "deleted": lambda f: f.unlink(),
+    "zeroed": lambda f: f.write_bytes(b"\0" * 64),
+    "emptied": lambda f: f.write_bytes(b""),
+    "truncated": lambda f: f.write_bytes(f.read_bytes()[:20]),
+    "garbage": lambda f: f.write_bytes(bytes(range(64))),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(BOOT_DAMAGE))
+@pytest.mark.parametrize("clock_known", [True, False])
+def test_a_lost_boot_record_never_gives_a_boot_number_twice(tmp_path: Path, damage: str, clock_known: bool) -> None:
+    """The record lost while the outbox is empty (everything acknowledged: the databases know no boot): the
+    next start takes a larger number than any before, and says so (``boot_record_lost``)."""
+    clock = FakeTime()
+    if not clock_known:
+        clock.now = FLOOR_S - 86400.0  # a Pi without RTC before NTP: nothing bounds the numbers used before
+    used = []
+    for _ in range(3):
+        box = make(tmp_path, clock)
+        used.append(box.seq.boot)
+        box.ack([r.id for r in box.lease(10)])
+        put(box, Priority.POSITION, 3)
+        box.ack([r.id for r in box.lease(10)])
+        box.close()
+        clock.now += 2.0
+    BOOT_DAMAGE[damage](tmp_path / "outbox.sqlite.boot")
+    faults: list[tuple[str, str]] = []
+    box = make(tmp_path, clock, faults)
+    assert box.seq.boot > max(used), (used, box.seq.boot)
+    lost = [detail for code, detail in faults if code == "boot_record_lost"]
+    assert len(lost) == 1 and "outbox.sqlite.boot" in lost[0], faults
+    assert "clock is before" not in lost[0], lost[0]  # the alerts database noted the last start's number
+    box.close()
+    clock.now += 2.0
+    again: list[tuple[str, str]] = []
+    assert make(tmp_path, clock, again).seq.boot == box.seq.boot + 1 and not again  # written again: counts on
+
+
+def test_boot_numbers_increase_from_start_to_start_on_a_read_only_card(tmp_path: Path) -> None:
+    """The real fault: a tmpfs remounted read-only. The record cannot be written, yet every start takes a
+    larger number than the one before (the clock's: starts are seconds apart), and it is written once the
+    card takes writes again."""
+    with tmpfs(tmp_path / "state", "2m") as state:
+        clock = FakeTime()
+        box = make(state, clock)
+        box.close()
+        if subprocess.run(["mount", "-o", "remount,ro", str(state)], check=False).returncode != 0:
+            pytest.skip("cannot remount the tmpfs read-only")
+        try:
+            boots = []
+            for _ in range(5):
+                clock.now += 2.0
+                faults: list[tuple[str, str]] = []
+                ro = make(state, clock, faults)
+                assert "storage_failed" in ro.faults
+                boots.append(ro.seq.boot)
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(state)], check=True)
+        assert boots == sorted(boots) and len(set(boots)) == 5, boots
+        clock.now += outbox_module.RETRY_S + 0.1
+        ro.tick()  # the card takes writes again: the last start's number is written, the fault cleared
+        assert "storage_failed" not in ro.faults and ("cleared", "storage_failed") in faults
+        clock.now += 2.0
+        assert make(state, clock).seq.boot == boots[-1] + 1
+
+
+def test_a_card_full_at_the_first_start_clears_the_fault_and_writes_the_boot_record_when_space_returns(
+        tmp_path: Path) -> None:
+    """The real fault: a fresh tiny tmpfs filled to ENOSPC before the first start. The full card is reported
+    as full (never as failing); when space returns, within the retry interval, the fault clears and the boot
+    number is written, so that the next start counts on from it."""
+    with tmpfs(tmp_path / "state", "1m") as state:
+        filler = fill(state)
+        clock = FakeTime()
+        faults: list[tuple[str, str]] = []
+        box = make(state, clock, faults)
+        first = box.seq.boot
+        alert = put(box, Priority.ALERT)  # never refused
+        assert [r.id for r in box.lease(1)] == alert
+        put(box, Priority.POSITION, 20)
+        for _ in range(3):
+            clock.now += outbox_module.RETRY_S + 0.1
+            box.tick()
+        assert "disk_full" in box.faults
+        filler.unlink()
+        clock.now += outbox_module.RETRY_S + 0.1
+        box.tick()
+        assert not box.faults & {"disk_full", "storage_failed"}, faults
+        assert "storage_failed" not in {code for code, _ in faults}, faults  # full is full, not failing
+        assert disk_ids(box.path, alerts=True) == alert
+        clock.now += 2.0
+        assert make(state, clock).seq.boot == first + 1
 
 
 def test_a_full_card_keeps_alerts_in_ram_bounds_telemetry_and_writes_all_when_space_returns(tmp_path: Path) -> None:
@@ -490,3 +623,19 @@ def test_counters_equal_the_true_counts_whatever_comes_and_goes(ops: list[tuple[
             if not killed:  # every message is waiting, acknowledged, evicted or dropped
                 assert accepted == waiting + acked + box.evictions + box.dropped, (op, n)
         box.close()
+
+
+def test_a_wiped_or_replaced_card_starts_above_every_number_the_unit_used(tmp_path: Path) -> None:
+    """A new card in the unit (every state file gone): nothing says it is not a new unit, so no fault, but
+    its first boot number comes from the clock (seconds since the build floor), above the old card's."""
+    clock = FakeTime()
+    used = []
+    for _ in range(3):
+        box = make(tmp_path, clock)
+        used.append(box.seq.boot)
+        box.close()
+        clock.now += 2.0
+    for leftover in tmp_path.iterdir():
+        leftover.unlink()
+    faults: list[tuple[str, str]] = []
+    assert make(tmp_path, clock, faults).seq.boot > max(used) and not faults
