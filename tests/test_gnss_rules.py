@@ -43,6 +43,31 @@ def test_a_gga_with_no_satellites_used_after_the_rmc_withdraws_the_fix() -> None
     assert fixes["08:15:04.000"]["mode"] == 3
 
 
+@pytest.mark.parametrize("talker", ["GP", "GN", "GL", "GA", "BD", "GB", "GQ", "GI"])
+def test_no_satellites_used_is_no_fix_whatever_the_talker(talker: str) -> None:
+    """A BeiDou- or Galileo-only module sends $BDGGA / $GAGGA: "00" used is no fix there too, alone or
+    after the epoch's RMC."""
+    p = "4404.1237,N,01213.8476,E"
+    for first_rmc in (False, True):
+        decoder = NmeaDecoder(default_day=date(2025, 3, 2))
+        text = ""
+        for second in range(3):
+            if first_rmc:
+                text += sentence(f"{talker}RMC,08150{second}.00,A,{p},0.05,12.0,020325,,,A")
+            text += sentence(f"{talker}GGA,08150{second}.00,{p},1,00,0.9,120.4,M,45.1,M,,")
+        fixes = decoder.feed(text.encode()) + decoder.flush()
+        assert fixes and all(f.mode == 1 and f.lat is None for f in fixes), (talker, first_rmc, fixes)
+
+
+def test_status_v_alone_is_no_fix_even_with_a_valid_mode_indicator() -> None:
+    """Status V with coordinates and a mode indicator that says autonomous (A): the status decides."""
+    p = "4404.1237,N,01213.8476,E"
+    for line in (f"GPRMC,101500.00,V,{p},0.0,0.0,020325,,,A", f"GPGLL,{p},101500.00,V,A"):
+        decoder = NmeaDecoder(default_day=date(2025, 3, 2))
+        fixes = decoder.feed(sentence(line).encode()) + decoder.flush()
+        assert fixes and all(f.mode == 1 and f.lat is None for f in fixes), (line, fixes)
+
+
 def test_the_last_word_of_the_epoch_stands_as_in_gpsd() -> None:
     """The same sentences the other way round: the RMC, later, states the fix again (gpsd 3.22 and 3.27 both
     report a 3D fix for these epochs); and one or two satellites used is no fix only when no later sentence

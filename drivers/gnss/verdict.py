@@ -56,7 +56,7 @@ from __future__ import annotations
 from drivers.gnss.sentences import Observation
 
 NOT_SEEN, NO_FIX, MODE_2D, MODE_3D = 0, 1, 2, 3
-_ONE_SYSTEM_GGA = ("GP", "GN")  # gpsd judges the satellite count of these talkers only
+_ONE_SYSTEM_GGA = ("GP", "GN")  # fewer than 3 used is no fix for these; "00" used is no fix for every talker
 
 
 class ModeModel:
@@ -129,7 +129,7 @@ class ModeModel:
             if not obs.fix or obs.lat is None:
                 return self._no_fix("GGA says no fix" if obs.fix is False else "GGA without a fix quality")
             sats = obs.sats_used or 0
-            if sats < 3 and obs.talker in _ONE_SYSTEM_GGA:
+            if obs.sats_used == 0 or (sats < 3 and obs.talker in _ONE_SYSTEM_GGA):  # "00" used: no fix, any talker
                 return self._no_fix("no satellites used" if sats == 0 else f"{sats} satellites used")
             return MODE_3D if obs.alt_msl is not None and sats >= 4 else MODE_2D
         if kind == "RMC":
