@@ -5,11 +5,16 @@ tools/ensure-system-deps.sh) with its monotonic clock left alone
 (``FAKETIME_DONT_FAKE_MONOTONIC``) and its wall clock offset by what a file
 says, rewritten by the test to step it. What the daemon does with time is
 then seen from outside: what dispatch receives, and in what order.
+
+The daemon's clock counts as not NTP-synchronised (tests/support/unsynced_clock):
+the case of a unit without RTC whose clock steps. A clock that NTP says is
+synchronised is believed: rows older than ``outbox.max_age_h`` by it expire.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +26,7 @@ from tests.support.broker import Mosquitto
 from tests.support.mqtt import Collector
 from tests.support.pty_gnss import PtyGnss
 
+UNSYNCED = Path(__file__).parent / "support" / "unsynced_clock"
 LIBFAKETIME = [Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
                Path("/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"),
                Path("/usr/lib/arm-linux-gnueabihf/faketime/libfaketime.so.1"),
@@ -39,7 +45,9 @@ class SteppedClock:
         self.offset_s = 0
         self.set(0)
         self.env = {"LD_PRELOAD": str(lib), "FAKETIME_TIMESTAMP_FILE": str(self.file),
-                    "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_NO_CACHE": "1"}
+                    "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_NO_CACHE": "1",
+                    # the clock is not NTP-synchronised, whatever this machine's kernel says of its own
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(UNSYNCED), os.environ.get("PYTHONPATH")]))}
 
     def set(self, offset_s: int) -> None:
         tmp = self.file.with_suffix(".tmp")
