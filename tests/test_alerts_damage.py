@@ -150,3 +150,44 @@ def test_a_plain_kill_9_raises_no_damage_fault(
     assert restored == kept
     assert "outbox_corrupt" not in faults and "outbox_corrupt" not in again, (faults, again)
     assert not _corrupt_events(dispatch)
+
+
+def _alerts_db(path: Path) -> tuple[Any, Any]:
+    """A real WAL database as the agent keeps it, with its mark written after each commit."""
+    import sqlite3
+
+    from agent.wal_mark import WalMark
+
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute("CREATE TABLE t (x BLOB)")
+    mark = WalMark(path)
+    for _ in range(3):
+        db.execute("INSERT INTO t VALUES (randomblob(3000))")
+        mark.write()
+    return db, mark
+
+
+def test_a_torn_tail_after_the_last_commit_is_not_a_loss(tmp_path: Path) -> None:
+    db, mark = _alerts_db(tmp_path / "a.sqlite")
+    noted = mark.read()
+    assert noted is not None and noted[1] >= 3
+    wal = tmp_path / "a.sqlite-wal"
+    size = wal.stat().st_size
+    db.execute("INSERT INTO t VALUES (randomblob(3000))")  # a commit the mark does not know of yet: then torn
+    with wal.open("r+b") as f:
+        f.truncate(size + (wal.stat().st_size - size) // 2)
+    assert mark.wal_problem(noted) is None
+    db.close()
+
+
+@pytest.mark.parametrize("hurt", [_half, _flip, _zero_tail])
+def test_a_wal_that_lost_committed_frames_is_found(tmp_path: Path, hurt: Any) -> None:
+    db, mark = _alerts_db(tmp_path / "a.sqlite")
+    noted = mark.read()
+    assert noted is not None
+    hurt(tmp_path / "a.sqlite-wal")
+    assert mark.wal_problem(noted) is not None
+    db.close()
