@@ -23,6 +23,7 @@ from typing import Any
 
 from agent.rows import Row
 from agent.store import Db
+from agent.wal_mark import WalMark
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 class AlertStore:
     def __init__(self, db: Db) -> None:
         self.db = db
+        self.mark = WalMark(db.path)  # what was committed, noted beside the database after each durable commit
         self.rows: dict[int, Row] = {}  # accepted alerts the broker has not acknowledged: all in RAM
         self._unsaved: dict[int, Row] = {}
         self._deletes: set[int] = set()
@@ -127,8 +129,11 @@ class AlertStore:
                     db.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", (key, value))
             db.executemany("DELETE FROM outbox WHERE id = ?", ((i,) for i in deletes))
 
-        if not self.db.write(apply, durable=bool(rows or state)):
+        durable = bool(rows or state)
+        if not self.db.write(apply, durable=durable):
             return False
+        if durable:
+            self.mark.write()
         for row in rows:
             self._unsaved.pop(row.id, None)
         for key, value in state.items():

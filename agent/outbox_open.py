@@ -82,7 +82,7 @@ class Opening:
         upgrade = any(os.path.lexists(p) for p in legacy)  # a version before boot records: none to lose
         for path in legacy:  # the previous version's sequence blocks: not used any more
             self._remove_legacy(path)
-        for name in (self._log.path, self._boot.path):
+        for name in (self._log.path, self._boot.path, self.alerts.mark.path):
             try:
                 refused = statedir.refuse_foreign(name, clock=self._clock)
             except OSError as exc:  # cannot be moved aside (read-only card): never opened either (O_NOFOLLOW)
@@ -92,15 +92,27 @@ class Opening:
                 self._fault("state_file_refused", refused)
         self._started = self._time.monotonic()
         self._db.open()
+        marked = self.alerts.mark.read()
+        lost = self.alerts.mark.wal_problem(marked) if marked else None
+        kept = self.alerts.mark.keep_copy(self._stamp()) if lost else ""  # before SQLite writes to it
         self.alerts.db.open()
         floor = max((int(r[0]) >> 32 for db in (self._db, self.alerts.db)  # the boot record lost: not below
                      for r in db.read("SELECT coalesce(max(id), 0) FROM outbox WHERE id < ?", (FLOOR_LIMIT,))),
                     default=0)
         noted = self.alerts.get_state(BOOT_KEY) or ""
+        if marked and not lost and self.alerts.db.is_open and not self.alerts.db.moved_aside and marked[2] > (
+                int(noted) if noted.isdigit() else 0):  # emptied, replaced, or its WAL's last commits lost
+            lost = (f"it notes {f'boot {noted}' if noted.isdigit() else 'no start'} where the last start noted "
+                    f"boot {marked[2]}")
+            kept = self.alerts.mark.keep_copy(self._stamp())
         if noted.isdigit() and int(noted) < CEILING:  # every start notes its number: the record's backup
             floor = max(floor, int(noted))
         self.seq = Sequence(self._boot.next(floor, first=first or upgrade))
+        self.alerts.mark.boot = self.seq.boot
         self.alerts.put_state(BOOT_KEY, str(self.seq.boot))
+        if lost:
+            self._fault("outbox_corrupt", f"{self.alerts.db.name} lost committed data ({lost}): an open emergency "
+                                          f"and alerts not yet published may be lost with it; {kept}")
         if self._boot.lost is not None:
             self._fault("boot_record_lost", self._boot.lost)
         if self._boot.error is not None:
@@ -114,6 +126,9 @@ class Opening:
             self._offer(row)
         log.info("outbox open: boot %d, %d messages on disk, %d alerts", self.seq.boot, self.disk_rows,
                  len(self.alerts.rows))
+
+    def _stamp(self) -> str:
+        return time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock()))
 
     def _remove_legacy(self, path: Path) -> None:
         """An earlier version's file, removed if it is there; a card that refuses is no reason not to start."""

@@ -63,6 +63,7 @@ class Db:
         self.conn: sqlite3.Connection | None = None
         self.commits = 0
         self.since_checkpoint = 0
+        self.moved_aside = False  # this start found the file unreadable and started a new one (reported)
 
     @property
     def is_open(self) -> bool:
@@ -123,6 +124,7 @@ class Db:
             source = Path(str(self.path) + suffix)
             if os.path.lexists(source):
                 os.replace(source, Path(str(aside) + suffix))
+        self.moved_aside = True
         self._on_fault("outbox_corrupt", f"{self.name} {why}; moved aside to {aside.name}, started a new one")
 
     # --- using --------------------------------------------------------------------

@@ -97,7 +97,8 @@ def test_forged_rows_are_not_published_and_are_reported(
 
 STATE_FILES = ["outbox.sqlite", "outbox.sqlite-wal", "outbox.sqlite-shm", "outbox.sqlite-journal",
                "outbox-alerts.sqlite", "outbox-alerts.sqlite-wal", "outbox-alerts.sqlite-shm",
-               "outbox.sqlite.boot", "outbox.sqlite.log", "outbox.sqlite.seq", "outbox.sqlite.seq.tmp"]
+               "outbox.sqlite.boot", "outbox-alerts.sqlite.mark", "outbox.sqlite.log", "outbox.sqlite.seq",
+               "outbox.sqlite.seq.tmp"]
 
 
 def test_a_planted_symlink_is_never_followed(
