@@ -68,6 +68,15 @@ def test_status_v_alone_is_no_fix_even_with_a_valid_mode_indicator() -> None:
         assert fixes and all(f.mode == 1 and f.lat is None for f in fixes), (line, fixes)
 
 
+def test_a_2d_fix_keeps_the_altitude_its_gga_reported() -> None:
+    """Three satellites and an altitude, no GSA: 2D (too few for 3D), and the altitude is not dropped."""
+    p = "4404.1237,N,01213.8476,E"
+    decoder = NmeaDecoder(default_day=date(2025, 3, 2))
+    text = "".join(sentence(f"GPGGA,08150{s}.00,{p},1,03,1.9,120.4,M,45.1,M,,") for s in range(3))
+    fixes = decoder.feed(text.encode()) + decoder.flush()
+    assert fixes and all(f.mode == 2 and f.alt_msl == pytest.approx(120.4) for f in fixes), fixes
+
+
 def test_the_last_word_of_the_epoch_stands_as_in_gpsd() -> None:
     """The same sentences the other way round: the RMC, later, states the fix again (gpsd 3.22 and 3.27 both
     report a 3D fix for these epochs); and one or two satellites used is no fix only when no later sentence

@@ -62,7 +62,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 
 from drivers.gnss.cycle import CycleLearner
-from drivers.gnss.fix import MODE_2D, MODE_3D, MODE_NO_FIX, TIME_FLOOR, Fix
+from drivers.gnss.fix import MODE_2D, MODE_NO_FIX, TIME_FLOOR, Fix
 from drivers.gnss.sentences import Observation
 from drivers.gnss.verdict import NOT_SEEN, ModeModel
 
@@ -237,7 +237,7 @@ class EpochAssembler:
             mode=mode,
             lat=source.lat,
             lon=source.lon,
-            alt_msl=_fix_altitude(observations) if mode == MODE_3D else None,
+            alt_msl=_fix_altitude(observations),  # a reported altitude is kept, 2D included (as gpsd)
             speed_mps=speed,
             course_deg=course,
             quality=quality,

@@ -35,7 +35,7 @@ class Fix:
     mode: int  # 1 no fix, 2 = 2D, 3 = 3D
     lat: float | None = None
     lon: float | None = None
-    alt_msl: float | None = None  # metres above mean sea level (3D fixes only)
+    alt_msl: float | None = None  # metres above mean sea level, as reported (in a 2D fix too, as gpsd)
     speed_mps: float | None = None
     course_deg: float | None = None  # degrees true
     quality: int | None = None  # GGA fix quality (1 GPS, 2 DGPS, 4 RTK fixed, 5 RTK float...)
