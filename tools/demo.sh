@@ -22,6 +22,13 @@ pids=()
 finish() {
     trap - INT TERM EXIT
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for _ in $(seq 80); do  # up to 8 s for a clean stop (the agent says offline, flushes its outbox)
+        alive=no
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=yes; done
+        [ "$alive" = no ] && break
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done  # nothing of the demo outlives it
     wait 2>/dev/null || true
 }
 trap 'finish; echo "patrol-agent demo: stopped"; exit 0' INT TERM
