@@ -135,19 +135,17 @@ class Clock:
     # --- now -------------------------------------------------------------------------
 
     def now(self) -> tuple[datetime, TimeSource]:
-        wall = self.wall()
-        synced = self.system_synced()
-        if self._gnss is not None:
-            at, mono = self._gnss
-            elapsed = self.monotonic() - mono
-            moment = at + elapsed
-            if 0 <= elapsed < GNSS_TRUST_S and (not synced or abs(moment - wall) <= MAX_DISAGREE_S):
-                return _utc(moment), TimeSource.GNSS
-        return _utc(wall), TimeSource.SYSTEM_SYNCED if synced else TimeSource.SYSTEM_UNSYNCED
+        moment, source = self._reading()
+        return _utc(moment), source
 
     def stamp(self) -> tuple[float, bool]:
         """Unix time now and whether it can be trusted (a receiver's time carried forward, or a
         synchronised system clock), for what is stored: as :meth:`now`, without building a datetime."""
+        moment, source = self._reading()
+        return moment, source is not TimeSource.SYSTEM_UNSYNCED
+
+    def _reading(self) -> tuple[float, TimeSource]:
+        """The receiver's time carried forward while it is fresh and (with NTP) agrees; else the system's."""
         wall = self.wall()
         synced = self.system_synced()
         if self._gnss is not None:
@@ -155,8 +153,8 @@ class Clock:
             elapsed = self.monotonic() - mono
             moment = at + elapsed
             if 0 <= elapsed < GNSS_TRUST_S and (not synced or abs(moment - wall) <= MAX_DISAGREE_S):
-                return moment, True
-        return wall, bool(synced)
+                return moment, TimeSource.GNSS
+        return wall, TimeSource.SYSTEM_SYNCED if synced else TimeSource.SYSTEM_UNSYNCED
 
     def moment_of(self, fix: Fix | None) -> tuple[datetime, TimeSource]:
         """The time a message about ``fix`` describes: the epoch's own time if trusted, else now."""
