@@ -92,14 +92,7 @@ class Counter:
         self.cond = threading.Condition()
         self.count = 0
         self.first = self.last = float("nan")
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        self.client.on_message = self._on_message
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        self.client.subscribe(f"patrol/{rig.VEHICLE}/position", qos=0)
-        subscribed.wait(10)
+        self.client = rig.subscriber(port, client_id, f"patrol/{rig.VEHICLE}/position", 0, self._on_message)
 
     def _on_message(self, *_: Any) -> None:
         now = time.perf_counter()

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -53,14 +52,7 @@ class Dispatch:
         self.cond = threading.Condition()
         self.raised: dict[str, float] = {}
         self.cleared: set[str] = set()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-dispatch")
-        self.client.on_message = self._on_message
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        self.client.subscribe(f"patrol/{rig.VEHICLE}/alert", qos=1)
-        subscribed.wait(10)
+        self.client = rig.subscriber(port, "bench-dispatch", f"patrol/{rig.VEHICLE}/alert", 1, self._on_message)
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         now = time.perf_counter()

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import math
 import statistics
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import OutboxConfig
 from agent.messages import Priority
@@ -73,3 +78,18 @@ def describe(values: list[float]) -> str:
         return "no values"
     return (f"{len(values)} values, p50 {1000 * statistics.median(values):.1f} ms, p99 "
             f"{1000 * percentile(values, 99):.1f} ms, max {1000 * max(values):.1f} ms")
+
+
+def subscriber(port: int, client_id: str, topic: str, qos: int,
+               on_message: Callable[[Any, Any, mqtt.MQTTMessage], None]) -> mqtt.Client:
+    """Dispatch's side, outside the daemon's budget: a client subscribed to ``topic`` (returns once the
+    broker has acknowledged the subscription)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.on_message = on_message
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    client.subscribe(topic, qos=qos)
+    subscribed.wait(10)
+    return client
