@@ -8,6 +8,7 @@ offline status published. Every thread is started by the supervisor.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import queue
 import signal
@@ -279,6 +280,7 @@ def run(cfg: AgentConfig, config_path: Path | None = None) -> int:
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         agent.stop()
 
+    faulthandler.enable()  # a crash in C code (SQLite, ssl) leaves every thread's traceback in the journal
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, lambda _s, _f: agent.inbox.put(Reload()))

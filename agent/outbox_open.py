@@ -104,7 +104,9 @@ class Opening:
                 int(noted) if noted.isdigit() else 0):  # emptied, replaced, or its WAL's last commits lost
             lost = (f"it notes {f'boot {noted}' if noted.isdigit() else 'no start'} where the last start noted "
                     f"boot {marked[2]}")
+            self.alerts.db.close()  # copying opens and closes its files: that would drop SQLite's POSIX locks
             kept = self.alerts.mark.keep_copy(self._stamp())
+            self.alerts.db.open()
         if noted.isdigit() and int(noted) < CEILING:  # every start notes its number: the record's backup
             floor = max(floor, int(noted))
         self.seq = Sequence(self._boot.next(floor, first=first or upgrade))

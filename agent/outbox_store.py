@@ -335,6 +335,7 @@ class OutboxStore(Opening, Bounds):
     def _release(self) -> None:
         self._db.close()
         self.alerts.db.close()
+        self.alerts.mark.close()
         self._log.close()
 
     def flush(self) -> None:

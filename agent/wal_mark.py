@@ -91,6 +91,16 @@ class WalMark:
         self.db_path = db_path
         self.path = db_path.with_name(db_path.name + ".mark")
         self.boot = 0  # the boot number the database has noted (written by the start, then unchanged)
+        # The WAL index is opened once and kept open while SQLite uses the database: closing any descriptor
+        # of a file drops every POSIX lock this process holds on it, SQLite's included; another process
+        # (a technician's sqlite3) would then take the index for unused and reset it under our mapping (SIGBUS).
+        self._shm_fd: int | None = None
+
+    def close(self) -> None:
+        """After the database's connections are closed."""
+        if self._shm_fd is not None:
+            fd, self._shm_fd = self._shm_fd, None
+            os.close(fd)
 
     def read(self) -> tuple[bytes, int, int] | None:
         """(WAL salts, last committed frame, boot noted) as last written; None: none, or not valid."""
@@ -127,11 +137,9 @@ class WalMark:
             log.debug("%s not written: %s", self.path.name, statedir.describe(exc))
 
     def _wal_index(self) -> tuple[bytes, int]:
-        fd = statedir.open_file(Path(f"{self.db_path}-shm"), os.O_RDONLY)
-        try:
-            data = os.pread(fd, SHM_HEADER.size, 0)
-        finally:
-            os.close(fd)
+        if self._shm_fd is None:
+            self._shm_fd = statedir.open_file(Path(f"{self.db_path}-shm"), os.O_RDONLY)
+        data = os.pread(self._shm_fd, SHM_HEADER.size, 0)
         if len(data) < SHM_HEADER.size:
             return bytes(8), 0
         fields = SHM_HEADER.unpack(data)

@@ -191,3 +191,28 @@ def test_a_wal_that_lost_committed_frames_is_found(tmp_path: Path, hurt: Any) ->
     hurt(tmp_path / "a.sqlite-wal")
     assert mark.wal_problem(noted) is not None
     db.close()
+
+
+def test_a_technician_reading_the_alerts_database_while_the_daemon_runs_never_crashes_it(
+        tmp_path: Path, broker: Mosquitto, gnss_pty: PtyGnss) -> None:
+    """Another process opens and closes the alerts database between the daemon's alert commits (sqlite3 on
+    the unit, a backup): the daemon must keep its SQLite locks (closing any descriptor of the WAL index in
+    the daemon would drop them, and the reader would then reset the index under the daemon: SIGBUS)."""
+    import sqlite3
+
+    agent = AgentProcess(tmp_path, agent_config(tmp_path, broker.port, gnss_pty.path))
+    agent.start()
+    feeder = GnssFeeder(gnss_pty, rate_hz=5).start()
+    db = tmp_path / "state" / "outbox-alerts.sqlite"
+    try:
+        broker.stop()  # alerts stay in the database: every commit is durable and noted
+        for _ in range(40):
+            assert agent.first_reply("panic_test")["stage"] == "accepted"
+            reader = sqlite3.connect(db)
+            reader.execute("SELECT count(*) FROM outbox").fetchall()
+            reader.close()
+            time.sleep(0.05)
+            assert agent.running, f"the daemon died: exit {agent.proc.poll() if agent.proc else None}"
+    finally:
+        feeder.stop()
+        agent.kill9()
