@@ -9,6 +9,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from tests.support.broker import Mosquitto
+from tests.support.mqtt import Collector
 from tests.support.pty_gnss import PtyGnss
 
 CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "nmea-captures"
@@ -55,4 +56,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     root = Path(__file__).resolve().parent.parent
     for package in ("agent", "drivers", "tests", "tools"):
         compileall.compile_dir(root / package, quiet=2)
+
+
+@pytest.fixture
+def dispatch(broker: Mosquitto, request: pytest.FixtureRequest) -> Iterator[Collector]:
+    """Dispatch's subscriber to every vehicle topic on the test's broker, one client id per test."""
+    collector = Collector(broker.port, "patrol/#", client_id=f"dispatch-{request.node.name}"[:60])
+    yield collector
+    collector.close()
 

@@ -26,12 +26,6 @@ from tests.support.pty_gnss import PtyGnss
 DB = "outbox-alerts.sqlite"
 
 
-@pytest.fixture
-def dispatch(broker: Mosquitto, request: pytest.FixtureRequest) -> Any:
-    collector = Collector(broker.port, "patrol/#", client_id=f"dispatch-{request.node.name}"[:60])
-    yield collector
-    collector.close()
-
 
 def _half(path: Path) -> None:
     data = path.read_bytes()

@@ -52,12 +52,6 @@ def led_samples(factory: MockFactory, seconds: float) -> list[bool]:
     return samples
 
 
-@pytest.fixture
-def dispatch(broker: Mosquitto, request: pytest.FixtureRequest) -> Iterator[Collector]:
-    collector = Collector(broker.port, "patrol/#", client_id=f"dispatch-{request.node.name}"[:60])
-    yield collector
-    collector.close()
-
 
 @pytest.fixture
 def fixes(gnss_pty: PtyGnss) -> Iterator[GnssFeeder]:

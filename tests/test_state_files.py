@@ -31,12 +31,6 @@ from tests.support.pty_gnss import PtyGnss
 VEHICLE = "PV-TEST-1"
 
 
-@pytest.fixture
-def dispatch(broker: Mosquitto, request: pytest.FixtureRequest) -> Any:
-    collector = Collector(broker.port, "#", client_id=f"dispatch-{request.node.name}"[:60])
-    yield collector
-    collector.close()
-
 
 def umask_022() -> None:
     os.umask(0o022)
